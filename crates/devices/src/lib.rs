@@ -1,1 +1,11 @@
-//! x
+//! Emulated devices and the buses the vCPUs reach them through.
+//!
+//! A device here knows nothing of KVM, of the VMM's configuration or of the API: it
+//! implements [`BusDevice`] (register reads and writes at an offset in its window) and
+//! signals the outside world only through event file descriptors it was given.
+
+pub mod bus;
+pub mod i8042;
+pub mod serial;
+
+pub use bus::{Bus, BusDevice, BusError};

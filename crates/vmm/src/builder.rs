@@ -1,0 +1,202 @@
+//! Builds a running microVM from validated resources: memory, kernel, boot structures,
+//! legacy devices on the port bus, vCPUs. Each step's failure is an error naming it.
+
+use crate::config::VmResources;
+use crate::event_loop::{self, ExitWatcher, GuestEnd, SubscriberOps};
+use crate::memory::{self, MemoryError};
+use crate::vstate::vcpu::{FirstRunHook, StopNotifier, Vcpu, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+use arch::boot::{self, BootError, BootSetup};
+use arch::layout::CMDLINE_MAX_SIZE;
+use devices::i8042::{I8042, I8042_LEN, I8042_PORT};
+use devices::serial::{SerialDevice, COM1_IRQ, COM1_LEN, COM1_PORT};
+use devices::{Bus, BusError};
+use linux_loader::cmdline::Cmdline;
+use std::fs::{File, OpenOptions};
+use std::io::{LineWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use thiserror::Error;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Errors building or running the VM.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    /// The kernel file cannot be opened.
+    #[error("cannot open kernel image {0}: {1}")]
+    KernelOpen(PathBuf, std::io::Error),
+    /// The kernel file is not a loadable kernel.
+    #[error("kernel image {0}: {1}")]
+    Kernel(PathBuf, BootError),
+    /// The initrd cannot be opened.
+    #[error("cannot open initrd {0}: {1}")]
+    InitrdOpen(PathBuf, std::io::Error),
+    /// The initrd cannot be loaded.
+    #[error("initrd {0}: {1}")]
+    Initrd(PathBuf, BootError),
+    /// A path names a directory or something else that is not a regular file.
+    #[error("{0} {1} is not a regular file")]
+    NotAFile(&'static str, PathBuf),
+    /// The command line is too long or malformed.
+    #[error("kernel command line: {0}")]
+    Cmdline(linux_loader::cmdline::Error),
+    /// KVM setup failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Guest memory could not be allocated.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Boot structures could not be written.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// A vCPU could not be set up.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Device placement failed.
+    #[error("device setup: {0}")]
+    Bus(#[from] BusError),
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(std::io::Error),
+    /// The serial output file cannot be opened.
+    #[error("cannot open serial output {0}: {1}")]
+    SerialOut(PathBuf, std::io::Error),
+    /// The event loop failed.
+    #[error("{0}")]
+    EventLoop(String),
+    /// The guest could not be run.
+    #[error("{0}")]
+    GuestFailed(String),
+}
+
+/// Options that are about this process rather than the guest.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Called on the boot vCPU's thread right before its first KVM_RUN.
+    pub on_first_run: Option<FirstRunHook>,
+}
+
+fn open_regular(kind: &'static str, path: &Path) -> Result<File, std::io::Error> {
+    let file = File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{kind} {} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+fn serial_output(res: &VmResources) -> Result<Box<dyn Write + Send>, BuildError> {
+    match &res.serial_out_path {
+        None => Ok(Box::new(std::io::stdout())),
+        Some(p) => {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| BuildError::SerialOut(p.clone(), e))?;
+            Ok(Box::new(LineWriter::new(f)))
+        }
+    }
+}
+
+/// Builds the VM described by `res`, runs it until the guest ends, and reports how.
+pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildError> {
+    // Inputs first: a missing file is reported before any KVM work.
+    let mut kernel = open_regular("kernel image", &res.kernel_path)
+        .map_err(|e| BuildError::KernelOpen(res.kernel_path.clone(), e))?;
+    let mut initrd = match &res.initrd_path {
+        Some(p) => Some((
+            p,
+            open_regular("initrd", p).map_err(|e| BuildError::InitrdOpen(p.clone(), e))?,
+        )),
+        None => None,
+    };
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
+    cmdline
+        .insert_str(&res.boot_args)
+        .map_err(BuildError::Cmdline)?;
+    let serial_out = serial_output(res)?;
+
+    let vm = Vm::new()?;
+    let guest_mem = Arc::new(memory::create_guest_memory(res.mem_size_mib)?);
+    vm.register_memory(&guest_mem)?;
+    let mem_size = res.mem_size_mib << 20;
+
+    let kernel_entry = boot::load_kernel(guest_mem.as_ref(), &mut kernel, mem_size)
+        .map_err(|e| BuildError::Kernel(res.kernel_path.clone(), e))?;
+    let initrd = match initrd.as_mut() {
+        Some((path, file)) => Some(
+            boot::load_initrd(guest_mem.as_ref(), file, kernel_entry.end, mem_size)
+                .map_err(|e| BuildError::Initrd((*path).clone(), e))?,
+        ),
+        None => None,
+    };
+    boot::configure_system(
+        guest_mem.as_ref(),
+        &BootSetup {
+            kernel: &kernel_entry,
+            cmdline: &cmdline,
+            initrd,
+            mem_size,
+            vcpus: res.vcpu_count,
+        },
+    )?;
+
+    // Legacy devices on the port bus.
+    let new_evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd);
+    let serial_irq = new_evt()?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_out)));
+    let reset_evt = new_evt()?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(
+        reset_evt.try_clone().map_err(BuildError::EventFd)?,
+    )));
+    let mut pio = Bus::new();
+    pio.insert(serial.clone(), COM1_PORT, COM1_LEN)?;
+    pio.insert(i8042, I8042_PORT, I8042_LEN)?;
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(Bus::new());
+
+    // The event loop must exist before the vCPUs can report to it.
+    let stop_evt = Arc::new(new_evt()?);
+    let (tx, rx) = mpsc::channel();
+    let watcher = Arc::new(Mutex::new(ExitWatcher::new(reset_evt, stop_evt.clone(), rx)));
+    let mut em = event_loop::Loop::new().map_err(|e| BuildError::EventLoop(format!("{e:?}")))?;
+    em.add_subscriber(watcher.clone());
+
+    let mut vcpus = Vec::with_capacity(res.vcpu_count as usize);
+    for index in 0..res.vcpu_count {
+        let fd = vm.create_vcpu(index)?;
+        let vcpu = Vcpu::new(
+            index,
+            fd,
+            pio.clone(),
+            mmio.clone(),
+            guest_mem.clone(),
+            StopNotifier::new(tx.clone(), stop_evt.clone()),
+        );
+        vcpu.configure(
+            vm.supported_cpuid(),
+            res.vcpu_count,
+            kernel_entry.mode,
+            kernel_entry.entry,
+        )?;
+        vcpus.push(vcpu);
+    }
+    if let (Some(hook), Some(boot_vcpu)) = (opts.on_first_run, vcpus.first_mut()) {
+        boot_vcpu.on_first_run(hook);
+    }
+    for vcpu in vcpus {
+        // Threads are detached: the process ends with the guest.
+        vcpu.start()?;
+    }
+
+    let end = event_loop::run_until_end(&mut em, &watcher).map_err(BuildError::EventLoop);
+    serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+    match end? {
+        GuestEnd::Clean => Ok(()),
+        GuestEnd::Failed(msg) => Err(BuildError::GuestFailed(msg)),
+    }
+}

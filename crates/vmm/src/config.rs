@@ -1,0 +1,320 @@
+//! The VM configuration file, in Firecracker's format (`--config-file`): the same keys
+//! and fields as the API resources, parsed strictly (unknown fields are errors) and
+//! validated into a [`VmResources`] the builder can trust.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Largest vCPU count a guest can have.
+pub const MAX_VCPUS: u64 = 32;
+/// vCPUs when `machine-config` is absent (Firecracker's default).
+pub const DEFAULT_VCPUS: u8 = 1;
+/// Memory when `machine-config` is absent (Firecracker's default).
+pub const DEFAULT_MEM_MIB: u64 = 128;
+/// Kernel command line when `boot_args` is absent (Firecracker's default).
+pub const DEFAULT_BOOT_ARGS: &str = "reboot=k panic=1 pci=off nomodule 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce";
+
+/// Errors in a configuration file.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file is not valid JSON or does not match the schema.
+    #[error("invalid VM configuration: {0}")]
+    Json(#[from] serde_json::Error),
+    /// `vcpu_count` out of range.
+    #[error("machine-config: vcpu_count must be between 1 and {MAX_VCPUS}, got {0}")]
+    VcpuCount(u64),
+    /// `mem_size_mib` is zero.
+    #[error("machine-config: mem_size_mib must be at least 1, got 0")]
+    MemZero,
+    /// `smt` with an odd vCPU count.
+    #[error("machine-config: with smt enabled, vcpu_count must be 1 or even, got {0}")]
+    SmtOdd(u64),
+    /// A field value we recognise but do not implement.
+    #[error("{0} is not supported by ember")]
+    Unsupported(String),
+    /// `kernel_image_path` is empty.
+    #[error("boot-source: kernel_image_path must not be empty")]
+    EmptyKernelPath,
+}
+
+/// `boot-source`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BootSourceConfig {
+    /// Path to the kernel (ELF vmlinux or bzImage).
+    pub kernel_image_path: String,
+    /// Kernel command line.
+    #[serde(default)]
+    pub boot_args: Option<String>,
+    /// Path to an initrd.
+    #[serde(default)]
+    pub initrd_path: Option<String>,
+}
+
+/// `machine-config.huge_pages`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub enum HugePages {
+    /// Ordinary pages.
+    #[default]
+    None,
+    /// 2 MiB hugetlbfs pages.
+    #[serde(rename = "2M")]
+    Hugetlbfs2M,
+}
+
+/// `machine-config`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// Number of vCPUs, 1 to 32.
+    pub vcpu_count: u64,
+    /// Guest memory in MiB.
+    pub mem_size_mib: u64,
+    /// Simultaneous multithreading.
+    #[serde(default)]
+    pub smt: bool,
+    /// Dirty page tracking (for diff snapshots).
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    /// Huge page backing.
+    #[serde(default)]
+    pub huge_pages: HugePages,
+    /// CPU template name.
+    #[serde(default)]
+    pub cpu_template: Option<String>,
+}
+
+/// `serial`: where the guest's console goes.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// File the console is appended to; stdout when absent.
+    #[serde(default)]
+    pub serial_out_path: Option<String>,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(rename = "boot-source")]
+    boot_source: BootSourceConfig,
+    #[serde(rename = "machine-config", default)]
+    machine_config: Option<MachineConfig>,
+    #[serde(default)]
+    serial: Option<SerialConfig>,
+    // Keys of Firecracker's format that this build does not implement: accepted only when
+    // empty, so a configuration never silently loses a device it asked for.
+    #[serde(default)]
+    drives: Option<Vec<serde_json::Value>>,
+    #[serde(rename = "network-interfaces", default)]
+    network_interfaces: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    logger: Option<serde_json::Value>,
+    #[serde(default)]
+    metrics: Option<serde_json::Value>,
+    #[serde(default)]
+    vsock: Option<serde_json::Value>,
+    #[serde(default)]
+    balloon: Option<serde_json::Value>,
+    #[serde(default)]
+    entropy: Option<serde_json::Value>,
+    #[serde(rename = "mmds-config", default)]
+    mmds_config: Option<serde_json::Value>,
+    #[serde(rename = "cpu-config", default)]
+    cpu_config: Option<serde_json::Value>,
+}
+
+/// A validated VM description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmResources {
+    /// Kernel image.
+    pub kernel_path: PathBuf,
+    /// Optional initrd.
+    pub initrd_path: Option<PathBuf>,
+    /// Kernel command line.
+    pub boot_args: String,
+    /// vCPUs.
+    pub vcpu_count: u8,
+    /// Guest memory in MiB.
+    pub mem_size_mib: u64,
+    /// Console output file, or stdout.
+    pub serial_out_path: Option<PathBuf>,
+}
+
+fn refuse_if_set(key: &str, value: &Option<serde_json::Value>) -> Result<(), ConfigError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(_) => Err(ConfigError::Unsupported(format!("the `{key}` section"))),
+    }
+}
+
+fn refuse_if_nonempty(key: &str, value: &Option<Vec<serde_json::Value>>) -> Result<(), ConfigError> {
+    match value {
+        Some(v) if !v.is_empty() => Err(ConfigError::Unsupported(format!("`{key}`"))),
+        _ => Ok(()),
+    }
+}
+
+/// Validates a machine configuration and returns `(vcpus, mem_size_mib)`.
+pub fn validate_machine(m: &MachineConfig) -> Result<(u8, u64), ConfigError> {
+    if m.vcpu_count == 0 || m.vcpu_count > MAX_VCPUS {
+        return Err(ConfigError::VcpuCount(m.vcpu_count));
+    }
+    if m.mem_size_mib == 0 {
+        return Err(ConfigError::MemZero);
+    }
+    if m.smt && m.vcpu_count > 1 && m.vcpu_count % 2 == 1 {
+        return Err(ConfigError::SmtOdd(m.vcpu_count));
+    }
+    if m.smt {
+        return Err(ConfigError::Unsupported("machine-config: smt = true".into()));
+    }
+    if m.huge_pages != HugePages::None {
+        return Err(ConfigError::Unsupported(
+            "machine-config: huge_pages other than \"None\"".into(),
+        ));
+    }
+    if let Some(t) = &m.cpu_template {
+        if t != "None" {
+            return Err(ConfigError::Unsupported(format!(
+                "machine-config: cpu_template {t:?}"
+            )));
+        }
+    }
+    Ok((m.vcpu_count as u8, m.mem_size_mib))
+}
+
+/// Parses and validates the text of a configuration file.
+pub fn parse(text: &str) -> Result<VmResources, ConfigError> {
+    let file: ConfigFile = serde_json::from_str(text)?;
+    refuse_if_nonempty("drives", &file.drives)?;
+    refuse_if_nonempty("network-interfaces", &file.network_interfaces)?;
+    refuse_if_set("logger", &file.logger)?;
+    refuse_if_set("metrics", &file.metrics)?;
+    refuse_if_set("vsock", &file.vsock)?;
+    refuse_if_set("balloon", &file.balloon)?;
+    refuse_if_set("entropy", &file.entropy)?;
+    refuse_if_set("mmds-config", &file.mmds_config)?;
+    refuse_if_set("cpu-config", &file.cpu_config)?;
+
+    let (vcpu_count, mem_size_mib) = match &file.machine_config {
+        Some(m) => validate_machine(m)?,
+        None => (DEFAULT_VCPUS, DEFAULT_MEM_MIB),
+    };
+    if file.boot_source.kernel_image_path.is_empty() {
+        return Err(ConfigError::EmptyKernelPath);
+    }
+    Ok(VmResources {
+        kernel_path: PathBuf::from(&file.boot_source.kernel_image_path),
+        initrd_path: file.boot_source.initrd_path.map(PathBuf::from),
+        boot_args: file
+            .boot_source
+            .boot_args
+            .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_string()),
+        vcpu_count,
+        mem_size_mib,
+        serial_out_path: file
+            .serial
+            .and_then(|s| s.serial_out_path)
+            .map(PathBuf::from),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_machine(m: &str) -> String {
+        format!(r#"{{"boot-source": {{"kernel_image_path": "/k"}}, "machine-config": {m}}}"#)
+    }
+
+    #[test]
+    fn full_firecracker_style_config() {
+        let r = parse(
+            r#"{
+              "boot-source": {"kernel_image_path": "/vmlinux", "boot_args": "console=ttyS0", "initrd_path": "/initrd"},
+              "machine-config": {"vcpu_count": 2, "mem_size_mib": 1024, "smt": false, "track_dirty_pages": false, "huge_pages": "None"},
+              "drives": [],
+              "network-interfaces": []
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(r.kernel_path, PathBuf::from("/vmlinux"));
+        assert_eq!(r.initrd_path, Some(PathBuf::from("/initrd")));
+        assert_eq!(r.boot_args, "console=ttyS0");
+        assert_eq!((r.vcpu_count, r.mem_size_mib), (2, 1024));
+    }
+
+    #[test]
+    fn defaults() {
+        let r = parse(r#"{"boot-source": {"kernel_image_path": "/k"}}"#).unwrap();
+        assert_eq!((r.vcpu_count, r.mem_size_mib), (1, 128));
+        assert_eq!(r.boot_args, DEFAULT_BOOT_ARGS);
+        assert_eq!(r.serial_out_path, None);
+    }
+
+    #[test]
+    fn vcpu_bounds() {
+        for bad in [0, 33, 1000] {
+            let e = parse(&with_machine(&format!(
+                r#"{{"vcpu_count": {bad}, "mem_size_mib": 128}}"#
+            )))
+            .unwrap_err();
+            assert!(e.to_string().contains("vcpu_count"), "{e}");
+            assert!(e.to_string().contains(&bad.to_string()), "{e}");
+        }
+        assert!(parse(&with_machine(r#"{"vcpu_count": 32, "mem_size_mib": 128}"#)).is_ok());
+    }
+
+    #[test]
+    fn memory_zero() {
+        let e = parse(&with_machine(r#"{"vcpu_count": 1, "mem_size_mib": 0}"#)).unwrap_err();
+        assert!(e.to_string().contains("mem_size_mib"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = parse(r#"{"boot-source": {"kernel_image_path": "/k", "kernel": 1}}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `kernel`"), "{e}");
+        let e = parse(r#"{"boot-source": {"kernel_image_path": "/k"}, "bogus": {}}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `bogus`"), "{e}");
+        let e = parse(&with_machine(r#"{"vcpu_count": 1, "mem_size_mib": 1, "x": 1}"#)).unwrap_err();
+        assert!(e.to_string().contains("unknown field `x`"), "{e}");
+    }
+
+    #[test]
+    fn malformed_and_mistyped() {
+        let e = parse(r#"{"boot-source": "#).unwrap_err();
+        assert!(e.to_string().starts_with("invalid VM configuration"), "{e}");
+        let e = parse(&with_machine(r#"{"vcpu_count": "2", "mem_size_mib": 128}"#)).unwrap_err();
+        assert!(e.to_string().contains("invalid type"), "{e}");
+        let e = parse(&with_machine(r#"{"vcpu_count": -1, "mem_size_mib": 128}"#)).unwrap_err();
+        assert!(e.to_string().contains("-1"), "{e}");
+        let e = parse(r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}"#).unwrap_err();
+        assert!(e.to_string().contains("boot-source"), "{e}");
+        let e = parse(&with_machine(r#"{"mem_size_mib": 128}"#)).unwrap_err();
+        assert!(e.to_string().contains("vcpu_count"), "{e}");
+    }
+
+    #[test]
+    fn unimplemented_sections_are_refused_not_ignored() {
+        let e = parse(r#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "rootfs"}]}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("drives"), "{e}");
+        let e = parse(r#"{"boot-source": {"kernel_image_path": "/k"}, "vsock": {"guest_cid": 3}}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("vsock"), "{e}");
+        let e = parse(&with_machine(r#"{"vcpu_count": 2, "mem_size_mib": 128, "huge_pages": "2M"}"#))
+            .unwrap_err();
+        assert!(e.to_string().contains("huge_pages"), "{e}");
+    }
+
+    #[test]
+    fn serial_output_file() {
+        let r = parse(r#"{"boot-source": {"kernel_image_path": "/k"}, "serial": {"serial_out_path": "/tmp/c"}}"#)
+            .unwrap();
+        assert_eq!(r.serial_out_path, Some(PathBuf::from("/tmp/c")));
+    }
+}

@@ -1,0 +1,122 @@
+//! The KVM VM: opening `/dev/kvm`, checking the capabilities we rely on, creating the
+//! in-kernel interrupt controllers and registering guest memory.
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use thiserror::Error;
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Errors creating or configuring the VM.
+#[derive(Debug, Error)]
+pub enum VmError {
+    /// `/dev/kvm` cannot be opened.
+    #[error("cannot open /dev/kvm: {0}")]
+    OpenKvm(kvm_ioctls::Error),
+    /// The KVM API version is not 12.
+    #[error("unsupported KVM API version {0} (need 12)")]
+    ApiVersion(i32),
+    /// A capability we need is missing.
+    #[error("KVM lacks a required capability: {0:?}")]
+    MissingCap(Cap),
+    /// A KVM ioctl failed.
+    #[error("{0} failed: {1}")]
+    Ioctl(&'static str, kvm_ioctls::Error),
+}
+
+const REQUIRED_CAPS: &[Cap] = &[
+    Cap::Irqchip,
+    Cap::Irqfd,
+    Cap::Ioeventfd,
+    Cap::UserMemory,
+    Cap::SetTssAddr,
+    Cap::Pit2,
+    Cap::ExtCpuid,
+];
+
+/// A KVM virtual machine with its in-kernel IOAPIC, PIC and PIT.
+pub struct Vm {
+    fd: VmFd,
+    supported_cpuid: CpuId,
+}
+
+impl Vm {
+    /// Opens `/dev/kvm` and creates the VM and its interrupt controllers.
+    pub fn new() -> Result<Self, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let version = kvm.get_api_version();
+        if version != kvm_bindings::KVM_API_VERSION as i32 {
+            return Err(VmError::ApiVersion(version));
+        }
+        for cap in REQUIRED_CAPS {
+            if !kvm.check_extension(*cap) {
+                return Err(VmError::MissingCap(*cap));
+            }
+        }
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| VmError::Ioctl("KVM_GET_SUPPORTED_CPUID", e))?;
+        let fd = kvm
+            .create_vm()
+            .map_err(|e| VmError::Ioctl("KVM_CREATE_VM", e))?;
+        fd.set_tss_address(arch::layout::KVM_TSS_ADDRESS as usize)
+            .map_err(|e| VmError::Ioctl("KVM_SET_TSS_ADDR", e))?;
+        fd.create_irq_chip()
+            .map_err(|e| VmError::Ioctl("KVM_CREATE_IRQCHIP", e))?;
+        // The PIT's speaker port (0x61) is emulated in the kernel so the guest's PIT
+        // calibration does not exit to us.
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(|e| VmError::Ioctl("KVM_CREATE_PIT2", e))?;
+        Ok(Vm {
+            fd,
+            supported_cpuid,
+        })
+    }
+
+    /// Registers every region of `mem` as a KVM memory slot.
+    pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+        for (slot, region) in mem.iter().enumerate() {
+            let slot_region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: the host mapping behind `region` stays alive as long as `mem`, which
+            // the VMM keeps until the process exits; the slots do not overlap because the
+            // regions of a GuestMemoryMmap do not.
+            unsafe { self.fd.set_user_memory_region(slot_region) }
+                .map_err(|e| VmError::Ioctl("KVM_SET_USER_MEMORY_REGION", e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes a write to `evt` raise interrupt line `gsi`.
+    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd
+            .register_irqfd(evt, gsi)
+            .map_err(|e| VmError::Ioctl("KVM_IRQFD", e))
+    }
+
+    /// Creates vCPU `index`.
+    pub fn create_vcpu(&self, index: u8) -> Result<VcpuFd, VmError> {
+        self.fd
+            .create_vcpu(u64::from(index))
+            .map_err(|e| VmError::Ioctl("KVM_CREATE_VCPU", e))
+    }
+
+    /// What KVM can offer the guest in CPUID.
+    pub fn supported_cpuid(&self) -> &CpuId {
+        &self.supported_cpuid
+    }
+
+    /// The VM file descriptor, for devices that register ioeventfds.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+}
