@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs, with apt, what building guest images and running the test harness needs.
+# Usage: tools/guest/install-deps.sh [kernel|images|harness|all]   (default all)
+# Does nothing for packages already installed; needs root (or sudo) for apt.
+set -euo pipefail
+what=${1:-all}
+pkgs=()
+case "$what" in
+  kernel) pkgs+=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils) ;;
+  images) pkgs+=(busybox-static e2fsprogs cpio) ;;
+  harness) pkgs+=(qemu-system-x86 kmod xz-utils cpio busybox-static iproute2) ;;
+  all) pkgs+=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils
+              busybox-static e2fsprogs cpio qemu-system-x86 kmod iproute2) ;;
+  *) echo "install-deps: unknown set $what" >&2; exit 1 ;;
+esac
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+echo "install-deps: installing ${missing[*]}" >&2
+$sudo apt-get update -q >&2
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
