@@ -56,7 +56,7 @@ list="$out.tmp/initramfs.list"
 } > "$list"
 "$gen_init_cpio" "$list" > "$out.tmp/initramfs.cpio"
 
-mkfs.ext4 -q -F -L rootfs -E root_owner=0:0 -d "$stage" "$out.tmp/rootfs.ext4" 16M >&2
+mkfs.ext4 -q -F -L rootfs -E root_owner=0:0 -d "$stage" "$out.tmp/rootfs.ext4" 16M >/dev/null
 rm -rf "$stage"
 touch "$out.tmp/.done"
 rm -rf "$out"; mv "$out.tmp" "$out"

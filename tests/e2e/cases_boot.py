@@ -1,0 +1,190 @@
+"""Boot cases (issue 2): real guests to the ready marker, and bad inputs."""
+
+from __future__ import annotations
+
+import os
+
+from guest import (READY, expect, parse_ready, run_ember_expecting_error, start_ember,
+                   start_qemu_microvm, vm_config)
+from harness import case
+
+
+def boot_to_marker(ctx, name="ember", **cfg):
+    vm = start_ember(ctx, vm_config(ctx, **cfg), name=name)
+    m = vm.wait_for(READY + r".*", timeout=150)
+    info = parse_ready(m.group(0))
+    rc = vm.wait_exit(timeout=60)
+    expect(rc == 0, f"ember exited with {rc} after the guest rebooted\n{vm.tail()}")
+    return info, vm
+
+
+def expect_memory(info, mib):
+    # MemTotal is RAM minus what the kernel keeps for itself; for these sizes it is
+    # within 15% of the configured size, and can never exceed it.
+    kib = info["mem_kib"]
+    expect(0.85 * mib * 1024 <= kib <= mib * 1024,
+           f"guest reports {kib} KiB of memory for {mib} MiB configured")
+
+
+@case("boot_vmlinux_pvh_initrd")
+def _(ctx):
+    info, _ = boot_to_marker(ctx, kernel="vmlinux")
+    expect(info["cpus"] == 1, f"guest reports {info['cpus']} CPUs, expected 1")
+    expect_memory(info, 128)
+
+
+@case("boot_bzimage_initrd")
+def _(ctx):
+    info, _ = boot_to_marker(ctx, kernel="bzImage")
+    expect(info["cpus"] == 1, f"guest reports {info['cpus']} CPUs, expected 1")
+
+
+@case("boot_two_vcpus")
+def _(ctx):
+    info, _ = boot_to_marker(ctx, vcpus=2)
+    expect(info["cpus"] == 2, f"guest reports {info['cpus']} CPUs, expected 2")
+
+
+@case("boot_two_vcpus_bzimage")
+def _(ctx):
+    info, _ = boot_to_marker(ctx, kernel="bzImage", vcpus=2)
+    expect(info["cpus"] == 2, f"guest reports {info['cpus']} CPUs, expected 2")
+
+
+@case("boot_1024_mib")
+def _(ctx):
+    info, _ = boot_to_marker(ctx, mem_mib=1024)
+    expect_memory(info, 1024)
+
+
+@case("guest_command_runs_and_reboot_exits_zero")
+def _(ctx):
+    # The guest runs a command given on its command line, then reboots (reboot=k: the
+    # kernel writes 0xFE to port 0x64); ember must exit 0.
+    vm = start_ember(ctx, vm_config(ctx, mode="run",
+                                    extra_args='ember_cmd="echo hello-from-$(uname -m)"'))
+    vm.wait_for(r"hello-from-x86_64", timeout=150)
+    vm.wait_for(r"EMBER-CMD-EXIT status=0", timeout=30)
+    rc = vm.wait_exit(timeout=60)
+    expect(rc == 0, f"ember exited with {rc}\n{vm.tail()}")
+
+
+@case("serial_output_to_file")
+def _(ctx):
+    cfg = vm_config(ctx)
+    out = ctx.work / "console.txt"
+    cfg["serial"] = {"serial_out_path": str(out)}
+    vm = start_ember(ctx, cfg)
+    rc = vm.wait_exit(timeout=150)
+    expect(rc == 0, f"ember exited with {rc}\n{vm.tail()}")
+    text = out.read_text(errors="replace") if out.exists() else ""
+    expect(READY in text, f"the console file lacks the ready marker: {text[-500:]!r}")
+
+
+@case("qemu_microvm_boots_our_guest")
+def _(ctx):
+    # The harness proves itself: a reference VMM boots the same kernel and initramfs here.
+    vm = start_qemu_microvm(ctx)
+    vm.wait_for(READY, timeout=150)
+    rc = vm.wait_exit(timeout=60)
+    expect(rc == 0, f"qemu exited with {rc}\n{vm.tail()}")
+
+
+# --- bad inputs: one line naming the problem, non-zero exit, no panic, no hang ---------
+
+
+def bad(ctx, mutate=None, text=None, pre=None):
+    cfg = vm_config(ctx)
+    if mutate:
+        mutate(cfg)
+    return run_ember_expecting_error(ctx, text if text is not None else cfg, pre=pre)
+
+
+def must_mention(line, *words):
+    for w in words:
+        expect(w in line, f"error line does not mention {w!r}: {line!r}")
+
+
+@case("bad_missing_kernel", timeout=60)
+def _(ctx):
+    line = bad(ctx, lambda c: c["boot-source"].update(kernel_image_path="/nonexistent/vmlinux"))
+    must_mention(line, "kernel image", "/nonexistent/vmlinux", "No such file")
+
+
+@case("bad_kernel_is_a_directory", timeout=60)
+def _(ctx):
+    line = bad(ctx, lambda c: c["boot-source"].update(kernel_image_path=str(ctx.work)))
+    must_mention(line, "kernel image", "not a regular file")
+
+
+@case("bad_not_a_kernel", timeout=60)
+def _(ctx):
+    junk = ctx.work / "junk.bin"
+    junk.write_bytes(os.urandom(64 * 1024))
+    line = bad(ctx, lambda c: c["boot-source"].update(kernel_image_path=str(junk)))
+    must_mention(line, str(junk), "not a kernel image")
+
+
+@case("bad_initrd_larger_than_memory", timeout=60)
+def _(ctx):
+    big = ctx.work / "big.cpio"
+    with open(big, "wb") as f:
+        f.truncate(200 << 20)  # sparse: 200 MiB for a 128 MiB guest
+    line = bad(ctx, lambda c: c["boot-source"].update(initrd_path=str(big)))
+    must_mention(line, "initrd", "does not fit")
+
+
+@case("bad_missing_initrd", timeout=60)
+def _(ctx):
+    line = bad(ctx, lambda c: c["boot-source"].update(initrd_path="/nonexistent/initrd"))
+    must_mention(line, "initrd", "/nonexistent/initrd")
+
+
+@case("bad_vcpu_count_0_and_33", timeout=60)
+def _(ctx):
+    for n in (0, 33):
+        line = bad(ctx, lambda c: c["machine-config"].update(vcpu_count=n))
+        must_mention(line, "vcpu_count", str(n))
+
+
+@case("bad_mem_size_zero", timeout=60)
+def _(ctx):
+    line = bad(ctx, lambda c: c["machine-config"].update(mem_size_mib=0))
+    must_mention(line, "mem_size_mib")
+
+
+@case("bad_mem_size_more_than_host_can_map", timeout=60)
+def _(ctx):
+    # 16 TiB: addressable by the guest, but more than any host of ours can back.
+    line = bad(ctx, lambda c: c["machine-config"].update(mem_size_mib=16 << 20))
+    must_mention(line, "guest memory", str(16 << 20))
+    # 2^40 MiB cannot even be addressed.
+    line = bad(ctx, lambda c: c["machine-config"].update(mem_size_mib=1 << 40))
+    must_mention(line, "mem_size_mib", "larger than a guest can address")
+
+
+@case("bad_unknown_field", timeout=60)
+def _(ctx):
+    line = bad(ctx, lambda c: c["machine-config"].update(vcpus=2))
+    must_mention(line, "unknown field `vcpus`")
+
+
+@case("bad_wrong_type", timeout=60)
+def _(ctx):
+    line = bad(ctx, lambda c: c["machine-config"].update(vcpu_count="2"))
+    must_mention(line, "invalid type", "vcpu_count" if "vcpu_count" in line else "expected")
+
+
+@case("bad_malformed_json", timeout=60)
+def _(ctx):
+    line = bad(ctx, text='{"boot-source": {"kernel_image_path": "/k"')
+    must_mention(line, "invalid VM configuration")
+
+
+@case("bad_kvm_not_openable", timeout=60)
+def _(ctx):
+    # A private mount namespace whose /dev has no kvm node: what a user sees on a host
+    # without KVM, or in a container without the device.
+    line = bad(ctx, pre=["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                         'mount -t tmpfs tmpfs /dev && exec "$@"', "sh"])
+    must_mention(line, "/dev/kvm", "No such file")

@@ -1,0 +1,204 @@
+"""Launching guests for cases: ember (and QEMU microvm, for comparison) with their console
+captured line by line, and expectations on what the guest prints and how the VMM exits."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from harness import CaseFailed, Ctx
+
+READY = "EMBER-GUEST-READY"
+_LIVE: list["VmProcess"] = []
+
+
+def reap_all() -> None:
+    """Kills every VM process a case left running (called after each case)."""
+    for vm in list(_LIVE):
+        vm.kill()
+    _LIVE.clear()
+
+
+def guest_cmdline(ctx: Ctx, mode: str = "reboot", extra: str = "", reboot: str = "k") -> str:
+    """The test guests' kernel command line. `noxsave` is added only under emulation:
+    TCG's SVM does not intercept XSETBV (see shared notes); `quiet` because every console
+    byte is a VM exit. `reboot=k` resets through the i8042 (ember); QEMU's microvm has no
+    i8042, so it is given `reboot=t` (triple fault)."""
+    args = f"console=ttyS0 reboot={reboot} panic=1 pci=off quiet"
+    if ctx.emulated:
+        args += " noxsave"
+    args += f" ember_mode={mode}"
+    if extra:
+        args += " " + extra
+    return args
+
+
+def vm_config(ctx: Ctx, kernel: str = "vmlinux", initrd: bool = True, vcpus: int = 1,
+              mem_mib: int = 128, mode: str = "reboot", extra_args: str = "") -> dict:
+    """A Firecracker-format configuration for a test guest."""
+    boot = {
+        "kernel_image_path": str(ctx.kernel_dir / kernel),
+        "boot_args": guest_cmdline(ctx, mode, extra_args),
+    }
+    if initrd:
+        boot["initrd_path"] = str(ctx.initramfs)
+    return {"boot-source": boot,
+            "machine-config": {"vcpu_count": vcpus, "mem_size_mib": mem_mib}}
+
+
+class VmProcess:
+    """A VMM process whose stdout is the guest console, read by a background thread."""
+
+    def __init__(self, name: str, argv: list[str], work: Path, env: dict | None = None,
+                 pre: list[str] | None = None):
+        self.name = name
+        self.console_path = work / f"{name}.console"
+        self.stderr_path = work / f"{name}.stderr"
+        self.lines: list[str] = []
+        self._cv = threading.Condition()
+        self.t_exec = time.monotonic()
+        self.line_times: list[float] = []
+        self._stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen((pre or []) + argv, stdout=subprocess.PIPE,
+                                     stderr=self._stderr, stdin=subprocess.DEVNULL,
+                                     env=env, start_new_session=True)
+        self.t_exited: float | None = None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        _LIVE.append(self)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        with open(self.console_path, "wb") as con:
+            buf = b""
+            while True:
+                chunk = self.proc.stdout.read1(65536) if hasattr(self.proc.stdout, "read1") \
+                    else self.proc.stdout.read(1)
+                if not chunk:
+                    break
+                now = time.monotonic()
+                con.write(chunk)
+                con.flush()
+                buf += chunk
+                *complete, buf = buf.split(b"\n")
+                with self._cv:
+                    for line in complete:
+                        self.lines.append(line.decode(errors="replace").rstrip("\r"))
+                        self.line_times.append(now)
+                    self._cv.notify_all()
+            with self._cv:
+                if buf:
+                    self.lines.append(buf.decode(errors="replace"))
+                    self.line_times.append(time.monotonic())
+                self._cv.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> re.Match:
+        """Waits until a console line matches `pattern` (a regex); returns the match."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cv:
+            while True:
+                for i in range(seen, len(self.lines)):
+                    m = rx.search(self.lines[i])
+                    if m:
+                        self.matched_at = self.line_times[i]
+                        return m
+                seen = len(self.lines)
+                if self.proc.poll() is not None and not self._reader.is_alive():
+                    raise CaseFailed(f"{self.name} exited ({self.proc.returncode}) before "
+                                     f"printing /{pattern}/\n{self.tail()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CaseFailed(f"{self.name}: no /{pattern}/ within {timeout:.0f}s\n"
+                                     f"{self.tail()}")
+                self._cv.wait(min(left, 0.5))
+
+    def wait_exit(self, timeout: float = 120) -> int:
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise CaseFailed(f"{self.name} still running after {timeout:.0f}s\n{self.tail()}")
+        self.t_exited = time.monotonic()
+        self._reader.join(timeout=5)
+        if self in _LIVE:
+            _LIVE.remove(self)
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, 9)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        self._stderr.close()
+
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text(errors="replace")
+
+    def tail(self, n: int = 40) -> str:
+        with self._cv:
+            lines = self.lines[-n:]
+        err = self.stderr().strip().splitlines()[-10:]
+        return ("--- guest console (last lines) ---\n" + "\n".join(lines) +
+                "\n--- VMM stderr ---\n" + "\n".join(err))
+
+
+def start_ember(ctx: Ctx, config: dict, name: str = "ember", extra_flags: list[str] | None = None,
+                pre: list[str] | None = None) -> VmProcess:
+    cfg = ctx.work / f"{name}.json"
+    cfg.write_text(json.dumps(config, indent=1))
+    argv = [str(ctx.ember), "--no-api", "--config-file", str(cfg)] + (extra_flags or [])
+    return VmProcess(name, argv, ctx.work, pre=pre)
+
+
+def run_ember_expecting_error(ctx: Ctx, config: dict | str, name: str = "ember",
+                              pre: list[str] | None = None, timeout: float = 60) -> str:
+    """Runs ember on a bad input; asserts a non-zero exit, exactly one stderr line starting
+    with 'ember: error:', no panic; returns that line."""
+    cfg = ctx.work / f"{name}.json"
+    cfg.write_text(config if isinstance(config, str) else json.dumps(config))
+    argv = (pre or []) + [str(ctx.ember), "--no-api", "--config-file", str(cfg)]
+    try:
+        res = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise CaseFailed(f"ember hung on bad input for {timeout}s")
+    err = res.stderr.strip()
+    if res.returncode == 0:
+        raise CaseFailed(f"ember accepted bad input (exit 0); stderr: {err!r}")
+    if res.returncode < 0:
+        raise CaseFailed(f"ember died of signal {-res.returncode}; stderr: {err!r}")
+    if "panicked" in err or "RUST_BACKTRACE" in err:
+        raise CaseFailed(f"ember panicked: {err}")
+    lines = err.splitlines()
+    if len(lines) != 1 or not lines[0].startswith("ember: error: "):
+        raise CaseFailed(f"expected one 'ember: error:' line, got: {err!r}")
+    return lines[0]
+
+
+def expect(cond: bool, msg: str) -> None:
+    if not cond:
+        raise CaseFailed(msg)
+
+
+def parse_ready(m_line: str) -> dict[str, int]:
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m_line)}
+
+
+def start_qemu_microvm(ctx: Ctx, kernel: str = "vmlinux", vcpus: int = 1, mem_mib: int = 128,
+                       mode: str = "reboot", name: str = "qemu") -> VmProcess:
+    """QEMU's microvm machine on KVM with the same kernel, initramfs and command line."""
+    argv = ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host",
+            "-smp", str(vcpus), "-m", f"{mem_mib}M", "-nodefaults", "-no-user-config",
+            "-nographic", "-no-reboot", "-serial", "stdio",
+            "-kernel", str(ctx.kernel_dir / kernel), "-initrd", str(ctx.initramfs),
+            "-append", guest_cmdline(ctx, mode, reboot="t")]
+    return VmProcess(name, argv, ctx.work)

@@ -1,0 +1,296 @@
+"""End-to-end harness: runs cases that boot real guests, where a stock guest can run.
+
+A *case* is a Python function taking a `Ctx` (paths to ember, the guest kernel and root
+filesystems, a scratch directory, whether we are emulated). It launches guests through
+`guest.py` and raises `CaseFailed` (or any exception) when the guest does not print or do
+what it must. Cases register themselves with `@case(...)` in the `cases_*.py` modules.
+
+Where the cases run is decided once per run and printed first:
+  - direct: /dev/kvm is hardware KVM (vmx/svm in /proc/cpuinfo, not kvm_pvm);
+  - emulated: otherwise. One QEMU TCG machine with AMD SVM (the emulated KVM host, "L1")
+    boots, mounts this machine's root read-only over 9p, and runs this same runner inside
+    with `--inner`; results come back through a shared work directory.
+EMBER_E2E_MODE=direct|emulated overrides the choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[2]
+ARCH = platform.machine()
+
+
+class CaseFailed(AssertionError):
+    """A case's expectation was not met."""
+
+
+class CaseTimeout(Exception):
+    """A case ran past its timeout."""
+
+
+@dataclasses.dataclass
+class Ctx:
+    """What a case gets: built artefacts and a scratch directory of its own."""
+
+    ember: Path
+    kernel_dir: Path
+    rootfs_dir: Path
+    work: Path
+    emulated: bool
+    arch: str = ARCH
+
+    @property
+    def vmlinux(self) -> Path:
+        return self.kernel_dir / "vmlinux"
+
+    @property
+    def bzimage(self) -> Path:
+        return self.kernel_dir / "bzImage"
+
+    @property
+    def initramfs(self) -> Path:
+        return self.rootfs_dir / "initramfs.cpio"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.rootfs_dir / "rootfs.ext4"
+
+    def data(self, **kv) -> None:
+        """Records measurements for the run's report (benchmarks use this)."""
+        self._data.update(kv)
+
+    _data: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    fn: Callable[[Ctx], None]
+    timeout: float
+    suite: str
+
+
+REGISTRY: dict[str, Case] = {}
+
+
+def case(name: str, timeout: float = 180, suite: str = "test"):
+    """Registers a case. `timeout` is in seconds of wall time (generous: emulation is slow)."""
+
+    def wrap(fn):
+        if name in REGISTRY:
+            raise RuntimeError(f"duplicate case {name}")
+        REGISTRY[name] = Case(name, fn, timeout, suite)
+        return fn
+
+    return wrap
+
+
+def log(msg: str) -> None:
+    print(f"e2e: {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Where to run
+
+
+def detect_mode() -> tuple[str, str]:
+    forced = os.environ.get("EMBER_E2E_MODE")
+    if forced in ("direct", "emulated"):
+        return forced, "EMBER_E2E_MODE"
+    if not os.path.exists("/dev/kvm"):
+        return "emulated", "no /dev/kvm"
+    if os.path.exists("/sys/module/kvm_pvm"):
+        return "emulated", "/dev/kvm is kvm_pvm, a paravirtual nested hypervisor that cannot run stock guests"
+    flags = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags") or line.startswith("Features"):
+                flags = line
+                break
+    except OSError:
+        pass
+    if ARCH == "x86_64" and not ({"vmx", "svm"} & set(flags.split())):
+        return "emulated", "the CPU has no vmx/svm flag: /dev/kvm is not hardware virtualization"
+    return "direct", "/dev/kvm is hardware KVM"
+
+
+# ---------------------------------------------------------------------------------------
+# Building what the cases need
+
+
+def sh(cmd: list[str], **kw) -> str:
+    res = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, **kw)
+    return res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
+
+
+def build_all(arch: str = ARCH) -> dict[str, Path]:
+    """Builds ember (release) and the guest images; returns their locations."""
+    t0 = time.monotonic()
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ember"], check=True, cwd=ROOT)
+    kernel_dir = Path(sh([str(ROOT / "tools/guest/build-kernel.sh"), arch]))
+    rootfs_dir = Path(sh([str(ROOT / "tools/guest/build-rootfs.sh"), arch]))
+    log(f"built ember and guest images in {time.monotonic() - t0:.1f}s")
+    return {
+        "ember": ROOT / "target/release/ember",
+        "kernel_dir": kernel_dir,
+        "rootfs_dir": rootfs_dir,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Running cases in this process
+
+
+class _Alarm:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def _fire(self, *_):
+        raise CaseTimeout(f"case timed out after {self.seconds:.0f}s")
+
+    def __enter__(self):
+        self.old = signal.signal(signal.SIGALRM, self._fire)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+
+    def __exit__(self, *exc):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self.old)
+        return False
+
+
+def run_inline(names: list[str], paths: dict[str, Path], work: Path, emulated: bool,
+               results: Path) -> None:
+    """Runs cases one after another here, appending one JSON line per case to `results`."""
+    from guest import reap_all  # noqa: E402  (guest imports harness)
+
+    for name in names:
+        c = REGISTRY[name]
+        case_work = work / "cases" / name
+        shutil.rmtree(case_work, ignore_errors=True)
+        case_work.mkdir(parents=True)
+        ctx = Ctx(ember=paths["ember"], kernel_dir=paths["kernel_dir"],
+                  rootfs_dir=paths["rootfs_dir"], work=case_work, emulated=emulated)
+        t0 = time.monotonic()
+        ok, detail = True, ""
+        try:
+            with _Alarm(c.timeout):
+                c.fn(ctx)
+        except Exception as e:  # a case's failure is data, not a crash of the runner
+            ok = False
+            detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+            if not isinstance(e, (CaseFailed, CaseTimeout)):
+                detail += "\n" + traceback.format_exc()
+        finally:
+            reap_all()
+        secs = time.monotonic() - t0
+        rec = {"name": name, "ok": ok, "seconds": round(secs, 2), "detail": detail,
+               "data": ctx._data}
+        with open(results, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        log(f"{'PASS' if ok else 'FAIL'} {name} ({secs:.1f}s)")
+        if not ok:
+            for line in detail.splitlines():
+                print(f"e2e:   | {line}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Running cases inside the emulated KVM host
+
+
+def build_emuhost(arch: str = ARCH) -> Path:
+    script = ROOT / f"tools/emuhost/build-{arch}.sh"
+    return Path(sh([str(script)]))
+
+
+def emuhost_command(emuhost: Path, work: Path, arch: str = ARCH, mem_mib: int = 4096) -> list[str]:
+    """The QEMU command line of the emulated KVM host."""
+    if arch != "x86_64":
+        raise RuntimeError(f"no emulated host for {arch} yet")
+    return [
+        "qemu-system-x86_64", "-accel", "tcg", "-cpu", "EPYC,+svm", "-smp", "2",
+        "-m", str(mem_mib), "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
+        "-kernel", str(emuhost / "vmlinuz"), "-initrd", str(emuhost / "initramfs.cpio"),
+        "-append", f"console=ttyS0 quiet panic=-1 emuhost_work={work}",
+        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs", f"local,path={work},mount_tag=work,security_model=none",
+    ]
+
+
+def run_emulated(names: list[str], paths: dict[str, Path], work: Path, results: Path,
+                 total_timeout: float, echo_console: bool = False) -> None:
+    emuhost = build_emuhost()
+    job = work / "job.sh"
+    inner = [sys.executable, str(Path(__file__).resolve().parent / "run.py"), "--inner",
+             "--work", str(work), "--results", str(results),
+             "--ember", str(paths["ember"]), "--kernel-dir", str(paths["kernel_dir"]),
+             "--rootfs-dir", str(paths["rootfs_dir"]), "--cases", ",".join(names)]
+    job.write_text("cd " + _q(str(ROOT)) + " && exec " + " ".join(_q(a) for a in inner) + "\n")
+    console = work / "emuhost-console.log"
+    cmd = emuhost_command(emuhost, work)
+    log(f"booting the emulated KVM host: {' '.join(cmd[:8])} ...")
+    t0 = time.monotonic()
+    with open(console, "w") as con:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, errors="replace")
+
+        def pump():
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                con.write(line)
+                con.flush()
+                s = line.rstrip("\r\n")
+                if s.startswith("e2e:") or s.startswith("emuhost:") or echo_console:
+                    print(s, flush=True)
+
+        t = threading.Thread(target=pump, daemon=True)
+        t.start()
+        try:
+            proc.wait(timeout=total_timeout)
+        except subprocess.TimeoutExpired:
+            log(f"the emulated host ran past the run's timeout ({total_timeout:.0f}s); stopping it")
+            proc.kill()
+            proc.wait()
+        t.join(timeout=5)
+    log(f"emulated host finished in {time.monotonic() - t0:.1f}s (console: {console})")
+
+
+def _q(s: str) -> str:
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+# ---------------------------------------------------------------------------------------
+# Reporting
+
+
+def read_results(results: Path) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    if results.exists():
+        for line in results.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                out[rec["name"]] = rec
+            except (ValueError, KeyError):
+                continue
+    return out
+
+
+def new_work_dir(prefix: str = "e2e") -> Path:
+    base = ROOT / "build"
+    base.mkdir(exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=base))

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Runs the end-to-end cases: `tests/e2e/run.py [--suite test|bench|demo] [--cases a,b]`.
+
+Prints where the cases run (directly on /dev/kvm or inside the emulated KVM host), one
+PASS/FAIL line per case with the guest's console on failure, and finally
+'N passed, N failed'. Exit status 0 only if every selected case passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+from harness import REGISTRY, log  # noqa: E402
+
+import cases_boot  # noqa: E402,F401  (registers cases)
+
+
+def load_extra_modules(names: list[str]) -> None:
+    for mod in names:
+        __import__(mod)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--suite", default="test", help="test (default), bench or demo")
+    ap.add_argument("--cases", default="", help="comma-separated case names (default: whole suite)")
+    ap.add_argument("--modules", default="", help="extra case modules to import (benchmarks)")
+    ap.add_argument("--timeout", type=float, default=2400, help="whole run timeout, seconds")
+    ap.add_argument("--echo-console", action="store_true", help="show the emulated host's whole console")
+    ap.add_argument("--list", action="store_true")
+    # Used inside the emulated host.
+    ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    ap.add_argument("--results", help=argparse.SUPPRESS)
+    ap.add_argument("--ember", help=argparse.SUPPRESS)
+    ap.add_argument("--kernel-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--rootfs-dir", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.modules:
+        load_extra_modules(args.modules.split(","))
+
+    if args.cases:
+        names = args.cases.split(",")
+        unknown = [n for n in names if n not in REGISTRY]
+        if unknown:
+            print(f"unknown cases: {', '.join(unknown)}", file=sys.stderr)
+            return 2
+    else:
+        names = [n for n, c in REGISTRY.items() if c.suite == args.suite]
+    if args.list:
+        print("\n".join(names))
+        return 0
+
+    if args.inner:
+        paths = {"ember": Path(args.ember), "kernel_dir": Path(args.kernel_dir),
+                 "rootfs_dir": Path(args.rootfs_dir)}
+        harness.run_inline(names, paths, Path(args.work), emulated=True,
+                           results=Path(args.results))
+        return 0
+
+    mode, why = harness.detect_mode()
+    log(f"mode: {mode} ({why})")
+    t0 = time.monotonic()
+    paths = harness.build_all()
+    work = harness.new_work_dir(args.suite)
+    results = work / "results.jsonl"
+    log(f"{len(names)} cases, work directory {work}")
+    if mode == "direct":
+        harness.run_inline(names, paths, work, emulated=False, results=results)
+    else:
+        harness.run_emulated(names, paths, work, results, total_timeout=args.timeout,
+                             echo_console=args.echo_console)
+    got = harness.read_results(results)
+    passed = sum(1 for n in names if got.get(n, {}).get("ok"))
+    missing = [n for n in names if n not in got]
+    for n in missing:
+        log(f"FAIL {n} (did not run: the run ended or timed out before it)")
+    failed = len(names) - passed
+    log(f"finished in {time.monotonic() - t0:.1f}s")
+    print(f"{passed} passed, {failed} failed", flush=True)
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
