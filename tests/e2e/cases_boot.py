@@ -188,3 +188,20 @@ def _(ctx):
     line = bad(ctx, pre=["unshare", "--mount", "--propagation", "private", "sh", "-c",
                          'mount -t tmpfs tmpfs /dev && exec "$@"', "sh"])
     must_mention(line, "/dev/kvm", "No such file")
+
+
+# --- the demo (README's first command): boot one guest and show its console ------------
+
+
+@case("demo", suite="demo")
+def _(ctx):
+    cmd = ("echo; uname -a; echo; grep -m1 'model name' /proc/cpuinfo; "
+           "echo cpus: $(grep -c ^processor /proc/cpuinfo); free -m; echo; cat /proc/cmdline")
+    cfg = vm_config(ctx, vcpus=2, mem_mib=256, mode="run", extra_args=f'ember_cmd="{cmd}"')
+    cfg["boot-source"]["boot_args"] = cfg["boot-source"]["boot_args"].replace(" quiet", "")
+    vm = start_ember(ctx, cfg, echo=True, extra_flags=["--level", "Info"])
+    vm.wait_for(r"EMBER-CMD-EXIT status=0", timeout=300)
+    rc = vm.wait_exit(timeout=60)
+    expect(rc == 0, f"ember exited with {rc}\n{vm.tail()}")
+    for line in vm.stderr().splitlines():
+        print(f"e2e: ember| {line}", flush=True)

@@ -55,8 +55,9 @@ class VmProcess:
     """A VMM process whose stdout is the guest console, read by a background thread."""
 
     def __init__(self, name: str, argv: list[str], work: Path, env: dict | None = None,
-                 pre: list[str] | None = None):
+                 pre: list[str] | None = None, echo: bool = False):
         self.name = name
+        self.echo = echo
         self.console_path = work / f"{name}.console"
         self.stderr_path = work / f"{name}.stderr"
         self.lines: list[str] = []
@@ -88,8 +89,11 @@ class VmProcess:
                 *complete, buf = buf.split(b"\n")
                 with self._cv:
                     for line in complete:
-                        self.lines.append(line.decode(errors="replace").rstrip("\r"))
+                        text = line.decode(errors="replace").rstrip("\r")
+                        self.lines.append(text)
                         self.line_times.append(now)
+                        if self.echo:
+                            print(f"e2e: console| {text}", flush=True)
                     self._cv.notify_all()
             with self._cv:
                 if buf:
@@ -152,11 +156,11 @@ class VmProcess:
 
 
 def start_ember(ctx: Ctx, config: dict, name: str = "ember", extra_flags: list[str] | None = None,
-                pre: list[str] | None = None) -> VmProcess:
+                pre: list[str] | None = None, echo: bool = False) -> VmProcess:
     cfg = ctx.work / f"{name}.json"
     cfg.write_text(json.dumps(config, indent=1))
     argv = [str(ctx.ember), "--no-api", "--config-file", str(cfg)] + (extra_flags or [])
-    return VmProcess(name, argv, ctx.work, pre=pre)
+    return VmProcess(name, argv, ctx.work, pre=pre, echo=echo)
 
 
 def run_ember_expecting_error(ctx: Ctx, config: dict | str, name: str = "ember",

@@ -105,7 +105,9 @@ impl Bus {
 /// Locks a device; a panic while holding the lock aborts the process (panic = abort), so
 /// a poisoned lock cannot be observed in release builds and is recovered in tests.
 pub fn lock(device: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

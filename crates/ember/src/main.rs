@@ -8,7 +8,11 @@ use std::process::ExitCode;
 
 /// Command-line flags (the Firecracker subset this build implements).
 #[derive(Parser, Debug)]
-#[command(name = "ember", version, about = "Ember microVM monitor: one process, one KVM guest")]
+#[command(
+    name = "ember",
+    version,
+    about = "Ember microVM monitor: one process, one KVM guest"
+)]
 struct Args {
     /// Path of the API socket (the API server arrives in a later release; see docs/api.md).
     #[arg(long = "api-sock", value_name = "PATH")]
@@ -60,10 +64,7 @@ fn run(args: Args) -> Result<(), String> {
         on_first_run: Some(Box::new(move || {
             let now = monotonic_us();
             match start {
-                Some(t0) => log::info!(
-                    "exec to first KVM_RUN: {} us",
-                    now.saturating_sub(t0)
-                ),
+                Some(t0) => log::info!("exec to first KVM_RUN: {} us", now.saturating_sub(t0)),
                 None => log::info!("first KVM_RUN at monotonic {now} us"),
             }
         })),

@@ -162,7 +162,11 @@ pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildErr
     // The event loop must exist before the vCPUs can report to it.
     let stop_evt = Arc::new(new_evt()?);
     let (tx, rx) = mpsc::channel();
-    let watcher = Arc::new(Mutex::new(ExitWatcher::new(reset_evt, stop_evt.clone(), rx)));
+    let watcher = Arc::new(Mutex::new(ExitWatcher::new(
+        reset_evt,
+        stop_evt.clone(),
+        rx,
+    )));
     let mut em = event_loop::Loop::new().map_err(|e| BuildError::EventLoop(format!("{e:?}")))?;
     em.add_subscriber(watcher.clone());
 

@@ -150,7 +150,10 @@ fn refuse_if_set(key: &str, value: &Option<serde_json::Value>) -> Result<(), Con
     }
 }
 
-fn refuse_if_nonempty(key: &str, value: &Option<Vec<serde_json::Value>>) -> Result<(), ConfigError> {
+fn refuse_if_nonempty(
+    key: &str,
+    value: &Option<Vec<serde_json::Value>>,
+) -> Result<(), ConfigError> {
     match value {
         Some(v) if !v.is_empty() => Err(ConfigError::Unsupported(format!("`{key}`"))),
         _ => Ok(()),
@@ -169,7 +172,9 @@ pub fn validate_machine(m: &MachineConfig) -> Result<(u8, u64), ConfigError> {
         return Err(ConfigError::SmtOdd(m.vcpu_count));
     }
     if m.smt {
-        return Err(ConfigError::Unsupported("machine-config: smt = true".into()));
+        return Err(ConfigError::Unsupported(
+            "machine-config: smt = true".into(),
+        ));
     }
     if m.huge_pages != HugePages::None {
         return Err(ConfigError::Unsupported(
@@ -280,7 +285,10 @@ mod tests {
         assert!(e.to_string().contains("unknown field `kernel`"), "{e}");
         let e = parse(r#"{"boot-source": {"kernel_image_path": "/k"}, "bogus": {}}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `bogus`"), "{e}");
-        let e = parse(&with_machine(r#"{"vcpu_count": 1, "mem_size_mib": 1, "x": 1}"#)).unwrap_err();
+        let e = parse(&with_machine(
+            r#"{"vcpu_count": 1, "mem_size_mib": 1, "x": 1}"#,
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("unknown field `x`"), "{e}");
     }
 
@@ -300,14 +308,18 @@ mod tests {
 
     #[test]
     fn unimplemented_sections_are_refused_not_ignored() {
-        let e = parse(r#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "rootfs"}]}"#)
-            .unwrap_err();
+        let e = parse(
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "drives": [{"drive_id": "rootfs"}]}"#,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("drives"), "{e}");
         let e = parse(r#"{"boot-source": {"kernel_image_path": "/k"}, "vsock": {"guest_cid": 3}}"#)
             .unwrap_err();
         assert!(e.to_string().contains("vsock"), "{e}");
-        let e = parse(&with_machine(r#"{"vcpu_count": 2, "mem_size_mib": 128, "huge_pages": "2M"}"#))
-            .unwrap_err();
+        let e = parse(&with_machine(
+            r#"{"vcpu_count": 2, "mem_size_mib": 128, "huge_pages": "2M"}"#,
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("huge_pages"), "{e}");
     }
 

@@ -3,8 +3,8 @@
 //! as subscribers, so device work never runs on a vCPU thread.
 
 use crate::vstate::vcpu::{StopReason, VcpuEvent};
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber};
 pub use event_manager::SubscriberOps;
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};

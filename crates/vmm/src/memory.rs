@@ -64,13 +64,19 @@ mod tests {
         let m = create_guest_memory(16).unwrap();
         assert_eq!(m.num_regions(), 1);
         m.write_obj(0xdead_beefu32, GuestAddress(0x1000)).unwrap();
-        assert_eq!(m.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        assert_eq!(
+            m.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
         assert!(m.read_obj::<u32>(GuestAddress(16 << 20)).is_err());
     }
 
     #[test]
     fn absurd_sizes_fail_cleanly() {
-        assert!(matches!(create_guest_memory(u64::MAX), Err(MemoryError::TooLarge(_))));
+        assert!(matches!(
+            create_guest_memory(u64::MAX),
+            Err(MemoryError::TooLarge(_))
+        ));
         assert!(matches!(
             create_guest_memory(1 << 40),
             Err(MemoryError::TooLarge(_))

@@ -148,10 +148,7 @@ pub fn load_initrd<M: GuestMemoryBackend>(
     kernel_end: u64,
     mem_size: u64,
 ) -> Result<InitrdPlacement, BootError> {
-    let size = initrd
-        .metadata()
-        .map_err(BootError::InitrdRead)?
-        .len();
+    let size = initrd.metadata().map_err(BootError::InitrdRead)?.len();
     let addr = place_initrd(size, kernel_end, mem_size)?;
     mem.read_exact_volatile_from(GuestAddress(addr), initrd, size as usize)
         .map_err(|e| BootError::InitrdRead(std::io::Error::other(e.to_string())))?;
@@ -206,7 +203,8 @@ pub struct BootSetup<'a> {
 /// Writes the command line, MP table, boot page tables/GDT and the zero page or PVH
 /// start info into guest memory.
 pub fn configure_system<M: GuestMemoryBackend>(mem: &M, s: &BootSetup) -> Result<(), BootError> {
-    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), s.cmdline).map_err(BootError::Cmdline)?;
+    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), s.cmdline)
+        .map_err(BootError::Cmdline)?;
     let cmdline_len = s
         .cmdline
         .as_cstring()

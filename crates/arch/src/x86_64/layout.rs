@@ -139,6 +139,13 @@ pub fn low_ram_end(mem_size: u64) -> u64 {
     mem_size.min(MMIO_GAP_START)
 }
 
+// The fixed boot areas must not overlap; checked at compile time.
+const _: () = assert!(GDT_START + 4 * 8 <= IDT_START);
+const _: () = assert!(PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64 <= ZERO_PAGE_START);
+const _: () = assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
+const _: () = assert!(PDE_START + 4096 <= CMDLINE_START);
+const _: () = assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,14 +191,5 @@ mod tests {
             .map(|e| e.size)
             .sum();
         assert_eq!(ram, 4096 * MIB - (HIMEM_START - EBDA_START));
-    }
-
-    #[test]
-    fn fixed_areas_do_not_overlap() {
-        assert!(GDT_START + 4 * 8 <= IDT_START);
-        assert!(PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64 <= ZERO_PAGE_START);
-        assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
-        assert!(PDE_START + 4096 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
     }
 }

@@ -142,7 +142,10 @@ mod tests {
         let t = build(n, EBDA_START).unwrap();
         let hdr = &t[16..];
         let count = u16::from_le_bytes([hdr[34], hdr[35]]);
-        assert_eq!(count as usize, n as usize + 1 + 1 + IOAPIC_PINS as usize + 2);
+        assert_eq!(
+            count as usize,
+            n as usize + 1 + 1 + IOAPIC_PINS as usize + 2
+        );
         let mut off = HEADER_LEN;
         let mut bsps = 0;
         for cpu in 0..n {

@@ -187,7 +187,8 @@ fn set_delivery_mode(regs: &mut [std::os::raw::c_char], offset: usize, mode: u32
 /// Puts a vCPU in its boot state: CPUID must already be set.
 pub fn setup_vcpu(vcpu: &VcpuFd, mode: EntryMode, entry: u64) -> Result<(), RegsError> {
     let entries = boot_msr_entries();
-    let msrs = Msrs::from_entries(&entries).map_err(|_| RegsError::PartialMsrs(0, entries.len()))?;
+    let msrs =
+        Msrs::from_entries(&entries).map_err(|_| RegsError::PartialMsrs(0, entries.len()))?;
     let set = vcpu
         .set_msrs(&msrs)
         .map_err(|e| RegsError::Kvm("KVM_SET_MSRS", e))?;
