@@ -160,6 +160,8 @@ def start_ember(ctx: Ctx, config: dict, name: str = "ember", extra_flags: list[s
     cfg = ctx.work / f"{name}.json"
     cfg.write_text(json.dumps(config, indent=1))
     argv = [str(ctx.ember), "--no-api", "--config-file", str(cfg)] + (extra_flags or [])
+    # Lets ember report exec -> first KVM_RUN against our clock (CLOCK_MONOTONIC).
+    argv += ["--start-time-us", str(int(time.monotonic() * 1_000_000))]
     return VmProcess(name, argv, ctx.work, pre=pre, echo=echo)
 
 
@@ -195,6 +197,23 @@ def expect(cond: bool, msg: str) -> None:
 
 def parse_ready(m_line: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m_line)}
+
+
+def rss_excluding_guest_kib(pid: int, guest_mib: int) -> int:
+    """Resident memory of `pid` not counting guest RAM: every mapping at least 90% of the
+    guest's size is taken to be guest RAM (ember maps it in one piece below 3.25 GiB; QEMU
+    in one RAM block)."""
+    total = 0
+    size_kib = 0
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if "-" in line.split(" ", 1)[0]:
+                lo, hi = line.split(" ", 1)[0].split("-")
+                size_kib = (int(hi, 16) - int(lo, 16)) // 1024
+            elif line.startswith("Rss:"):
+                if size_kib < 0.9 * guest_mib * 1024:
+                    total += int(line.split()[1])
+    return total
 
 
 def start_qemu_microvm(ctx: Ctx, kernel: str = "vmlinux", vcpus: int = 1, mem_mib: int = 128,

@@ -233,14 +233,19 @@ def emuhost_command(emuhost: Path, work: Path, arch: str = ARCH, mem_mib: int = 
 
 
 def run_emulated(names: list[str], paths: dict[str, Path], work: Path, results: Path,
-                 total_timeout: float, echo_console: bool = False) -> None:
+                 total_timeout: float, echo_console: bool = False,
+                 modules: list[str] | None = None) -> None:
     emuhost = build_emuhost()
     job = work / "job.sh"
     inner = [sys.executable, str(Path(__file__).resolve().parent / "run.py"), "--inner",
              "--work", str(work), "--results", str(results),
              "--ember", str(paths["ember"]), "--kernel-dir", str(paths["kernel_dir"]),
              "--rootfs-dir", str(paths["rootfs_dir"]), "--cases", ",".join(names)]
-    job.write_text("cd " + _q(str(ROOT)) + " && exec " + " ".join(_q(a) for a in inner) + "\n")
+    if modules:
+        inner += ["--modules", ",".join(modules)]
+    # The job runs under the emulated host's init: carry over our EMBER_* settings.
+    env = "".join(f"export {k}={_q(v)}\n" for k, v in os.environ.items() if k.startswith("EMBER_"))
+    job.write_text(env + "cd " + _q(str(ROOT)) + " && exec " + " ".join(_q(a) for a in inner) + "\n")
     console = work / "emuhost-console.log"
     cmd = emuhost_command(emuhost, work)
     log(f"booting the emulated KVM host: {' '.join(cmd[:8])} ...")

@@ -21,16 +21,24 @@ from harness import REGISTRY, log  # noqa: E402
 import cases_boot  # noqa: E402,F401  (registers cases)
 
 
-def load_extra_modules(names: list[str]) -> None:
-    for mod in names:
-        __import__(mod)
+def load_extra_modules(paths: list[str]) -> None:
+    """Imports case modules given by file path (benchmarks live under tools/bench)."""
+    import importlib.util
+
+    for p in paths:
+        path = Path(p).resolve()
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        if spec is None or spec.loader is None:
+            raise SystemExit(f"cannot import case module {p}")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--suite", default="test", help="test (default), bench or demo")
     ap.add_argument("--cases", default="", help="comma-separated case names (default: whole suite)")
-    ap.add_argument("--modules", default="", help="extra case modules to import (benchmarks)")
+    ap.add_argument("--modules", default="", help="extra case modules to import, by path (benchmarks)")
     ap.add_argument("--timeout", type=float, default=2400, help="whole run timeout, seconds")
     ap.add_argument("--echo-console", action="store_true", help="show the emulated host's whole console")
     ap.add_argument("--list", action="store_true")
@@ -74,8 +82,9 @@ def main() -> int:
     if mode == "direct":
         harness.run_inline(names, paths, work, emulated=False, results=results)
     else:
+        modules = [str(Path(m).resolve()) for m in args.modules.split(",") if m]
         harness.run_emulated(names, paths, work, results, total_timeout=args.timeout,
-                             echo_console=args.echo_console)
+                             echo_console=args.echo_console, modules=modules)
     got = harness.read_results(results)
     passed = sum(1 for n in names if got.get(n, {}).get("ok"))
     missing = [n for n in names if n not in got]

@@ -1,0 +1,82 @@
+"""Boot benchmark: ember against QEMU microvm, same host, same kernel and initramfs,
+interleaved. Registered as the `bench_boot` case of the e2e harness (suite `bench`), so it
+runs wherever guest tests run (directly on hardware KVM, or inside the emulated KVM host)."""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import time
+
+from guest import (READY, rss_excluding_guest_kib, start_ember, start_qemu_microvm,
+                   vm_config)
+from harness import case, log
+
+RUNS = int(os.environ.get("EMBER_BENCH_RUNS", "10"))
+
+
+def _boot_once(ctx, vmm: str, i: int) -> dict:
+    if vmm == "ember":
+        vm = start_ember(ctx, vm_config(ctx), name=f"ember-{i}", extra_flags=["--level", "Info"])
+    else:
+        vm = start_qemu_microvm(ctx, name=f"qemu-{i}")
+    vm.wait_for(READY, timeout=300)
+    ready = vm.matched_at - vm.t_exec
+    rc = vm.wait_exit(timeout=120)
+    assert vm.t_exited is not None
+    out = {"ready_ms": ready * 1000, "exit_ms": (vm.t_exited - vm.t_exec) * 1000, "rc": rc}
+    if vmm == "ember":
+        m = re.search(r"exec to first KVM_RUN: (\d+) us", vm.stderr())
+        if m:
+            out["first_run_ms"] = int(m.group(1)) / 1000
+    return out
+
+
+def _stats(xs: list[float]) -> str:
+    if not xs:
+        return "n/a"
+    return f"{statistics.median(xs):8.1f} {min(xs):8.1f} {max(xs):8.1f}"
+
+
+def _idle_rss(ctx, vmm: str) -> int:
+    if vmm == "ember":
+        vm = start_ember(ctx, vm_config(ctx, mode="stay"), name="ember-idle")
+    else:
+        vm = start_qemu_microvm(ctx, mode="stay", name="qemu-idle")
+    vm.wait_for(READY, timeout=300)
+    time.sleep(2)
+    rss = rss_excluding_guest_kib(vm.proc.pid, 128)
+    vm.kill()
+    return rss
+
+
+@case("bench_boot", timeout=3600, suite="bench")
+def _(ctx):
+    samples: dict[str, list[dict]] = {"ember": [], "qemu": []}
+    for i in range(RUNS):
+        # Alternate who goes first so drift in the host's load hits both alike.
+        order = ["ember", "qemu"] if i % 2 == 0 else ["qemu", "ember"]
+        for vmm in order:
+            s = _boot_once(ctx, vmm, i)
+            samples[vmm].append(s)
+    rss = {vmm: _idle_rss(ctx, vmm) for vmm in ("ember", "qemu")}
+
+    def col(vmm, key):
+        return [s[key] for s in samples[vmm] if key in s]
+
+    where = "emulated KVM host (QEMU TCG + nested SVM)" if ctx.emulated else "hardware KVM"
+    log(f"boot benchmark, {RUNS} interleaved runs each, {where}; guest: 1 vCPU, 128 MiB, "
+        "vmlinux + initramfs, quiet")
+    log(f"{'metric (ms)':34} {'median':>8} {'min':>8} {'max':>8}")
+    for vmm in ("ember", "qemu"):
+        label = "ember" if vmm == "ember" else "qemu microvm"
+        log(f"{label + ': exec -> ready marker':34} {_stats(col(vmm, 'ready_ms'))}")
+        log(f"{label + ': exec -> exit':34} {_stats(col(vmm, 'exit_ms'))}")
+    log(f"{'ember: exec -> first KVM_RUN':34} {_stats(col('ember', 'first_run_ms'))}")
+    ratio = statistics.median(col("ember", "ready_ms")) / statistics.median(col("qemu", "ready_ms"))
+    log(f"ember/qemu median exec -> ready: {ratio:.2f}x")
+    log(f"RSS excluding guest memory, guest idle: ember {rss['ember']} KiB, "
+        f"qemu microvm {rss['qemu']} KiB")
+    bad = [s for v in samples.values() for s in v if s["rc"] != 0]
+    ctx.data(samples=samples, rss_kib=rss, ratio_ready=ratio, nonzero_exits=len(bad))
