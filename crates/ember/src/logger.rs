@@ -5,6 +5,7 @@ use std::io::Write;
 
 struct StderrLogger {
     id: String,
+    start: std::time::Instant,
 }
 
 impl Log for StderrLogger {
@@ -17,9 +18,10 @@ impl Log for StderrLogger {
             let thread = std::thread::current();
             let _ = writeln!(
                 std::io::stderr().lock(),
-                "[{}:{}] {}: {}",
+                "[{}:{} +{}us] {}: {}",
                 self.id,
                 thread.name().unwrap_or("?"),
+                self.start.elapsed().as_micros(),
                 record.level(),
                 record.args()
             );
@@ -46,7 +48,10 @@ pub fn parse_level(s: &str) -> Result<LevelFilter, String> {
 
 /// Installs the logger for microVM `id`.
 pub fn init(id: &str, level: LevelFilter) {
-    let logger = Box::new(StderrLogger { id: id.to_string() });
+    let logger = Box::new(StderrLogger {
+        id: id.to_string(),
+        start: std::time::Instant::now(),
+    });
     if log::set_boxed_logger(logger).is_ok() {
         log::set_max_level(level);
     }

@@ -120,12 +120,19 @@ pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildErr
     let serial_out = serial_output(res)?;
 
     let vm = Vm::new()?;
+    log::debug!("KVM VM created");
     let guest_mem = Arc::new(memory::create_guest_memory(res.mem_size_mib)?);
     vm.register_memory(&guest_mem)?;
+    log::debug!("guest memory mapped and registered");
     let mem_size = res.mem_size_mib << 20;
 
     let kernel_entry = boot::load_kernel(guest_mem.as_ref(), &mut kernel, mem_size)
         .map_err(|e| BuildError::Kernel(res.kernel_path.clone(), e))?;
+    log::debug!(
+        "kernel loaded, entry {:#x} ({:?})",
+        kernel_entry.entry,
+        kernel_entry.mode
+    );
     let initrd = match initrd.as_mut() {
         Some((path, file)) => Some(
             boot::load_initrd(guest_mem.as_ref(), file, kernel_entry.end, mem_size)
@@ -133,6 +140,7 @@ pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildErr
         ),
         None => None,
     };
+    log::debug!("initrd loaded");
     boot::configure_system(
         guest_mem.as_ref(),
         &BootSetup {
