@@ -205,3 +205,36 @@ def _(ctx):
     expect(rc == 0, f"ember exited with {rc}\n{vm.tail()}")
     for line in vm.stderr().splitlines():
         print(f"e2e: ember| {line}", flush=True)
+
+
+# --- a guest KVM cannot run: non-zero exit, the cause and the registers named -----------
+
+
+def tiny_pvh_elf(entry: int, code: bytes = b"\xf4", load: int = 0x100000) -> bytes:
+    """A minimal ELF 'kernel': one PT_LOAD of `code` at `load` and a Xen PVH note whose
+    32-bit entry point is `entry`."""
+    import struct
+
+    phoff, phnum = 64, 2
+    code_off = phoff + phnum * 56
+    note = struct.pack("<III", 4, 4, 18) + b"Xen\0" + struct.pack("<I", entry)
+    note_off = (code_off + len(code) + 3) & ~3
+    ehdr = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + b"\0" * 9, 2, 0x3E, 1,
+                       entry, phoff, 0, 0, 64, 56, phnum, 64, 0, 0)
+    load_ph = struct.pack("<IIQQQQQQ", 1, 5, code_off, load, load, len(code), len(code), 0x1000)
+    note_ph = struct.pack("<IIQQQQQQ", 4, 4, note_off, 0, 0, len(note), len(note), 4)
+    body = ehdr + load_ph + note_ph + code
+    body += b"\0" * (note_off - len(body))
+    return body + note
+
+
+@case("guest_kvm_cannot_run_reports_registers", timeout=120)
+def _(ctx):
+    # The entry point lies in the MMIO gap, where there is no RAM: the first instruction
+    # fetch cannot be served and KVM gives up on the vCPU.
+    kernel = ctx.work / "bad-entry.elf"
+    kernel.write_bytes(tiny_pvh_elf(entry=0xD000_0000))
+    cfg = vm_config(ctx, initrd=False)
+    cfg["boot-source"]["kernel_image_path"] = str(kernel)
+    line = run_ember_expecting_error(ctx, cfg, timeout=90)
+    must_mention(line, "vcpu 0", "rip=0xd0000000", "cr0=")

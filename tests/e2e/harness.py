@@ -218,15 +218,18 @@ def build_emuhost(arch: str = ARCH) -> Path:
     return Path(sh([str(script)]))
 
 
-def emuhost_command(emuhost: Path, work: Path, arch: str = ARCH, mem_mib: int = 4096) -> list[str]:
-    """The QEMU command line of the emulated KVM host."""
+def emuhost_command(emuhost: Path, work: Path, keep: list[Path], arch: str = ARCH,
+                    mem_mib: int = 4096) -> list[str]:
+    """The QEMU command line of the emulated KVM host. `keep`: host paths the job needs even
+    if they lie under /tmp or /run (which the emulated host replaces with tmpfs)."""
     if arch != "x86_64":
         raise RuntimeError(f"no emulated host for {arch} yet")
     return [
         "qemu-system-x86_64", "-accel", "tcg", "-cpu", "EPYC,+svm", "-smp", "2",
         "-m", str(mem_mib), "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
         "-kernel", str(emuhost / "vmlinuz"), "-initrd", str(emuhost / "initramfs.cpio"),
-        "-append", f"console=ttyS0 quiet panic=-1 emuhost_work={work}",
+        "-append", f"console=ttyS0 quiet panic=-1 emuhost_work={work} "
+                   f"emuhost_keep={','.join(str(p) for p in keep)}",
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={work},mount_tag=work,security_model=none",
     ]
@@ -247,7 +250,8 @@ def run_emulated(names: list[str], paths: dict[str, Path], work: Path, results: 
     env = "".join(f"export {k}={_q(v)}\n" for k, v in os.environ.items() if k.startswith("EMBER_"))
     job.write_text(env + "cd " + _q(str(ROOT)) + " && exec " + " ".join(_q(a) for a in inner) + "\n")
     console = work / "emuhost-console.log"
-    cmd = emuhost_command(emuhost, work)
+    keep = [ROOT, paths["kernel_dir"], paths["rootfs_dir"], paths["ember"].parent]
+    cmd = emuhost_command(emuhost, work, keep)
     log(f"booting the emulated KVM host: {' '.join(cmd[:8])} ...")
     t0 = time.monotonic()
     with open(console, "w") as con:
