@@ -172,14 +172,34 @@ class _Alarm:
         return False
 
 
+def stage_artifacts(paths: dict[str, Path], stage: Path) -> dict[str, Path]:
+    """Copies ember and the guest images into `stage` (the emulated host's tmpfs), so no
+    guest boot reads through 9p: that would time 9p, not the VMM, and 9p is the part of the
+    emulated host we trust least."""
+    out = {}
+    for key in ("kernel_dir", "rootfs_dir"):
+        dst = stage / key
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in paths[key].iterdir():
+            if f.is_file() and not f.name.startswith("."):
+                shutil.copy2(f, dst / f.name)
+        out[key] = dst
+    out["ember"] = stage / "ember"
+    shutil.copy2(paths["ember"], out["ember"])
+    return out
+
+
 def run_inline(names: list[str], paths: dict[str, Path], work: Path, emulated: bool,
-               results: Path) -> None:
-    """Runs cases one after another here, appending one JSON line per case to `results`."""
+               results: Path, scratch: Path | None = None) -> None:
+    """Runs cases one after another here, appending one JSON line per case to `results`.
+    Cases get scratch directories under `scratch` (default: `work`); with a separate
+    scratch, each case's small files (consoles, logs, configs) are copied to `work` after it."""
     from guest import reap_all  # noqa: E402  (guest imports harness)
 
+    scratch = scratch or work
     for name in names:
         c = REGISTRY[name]
-        case_work = work / "cases" / name
+        case_work = scratch / "cases" / name
         shutil.rmtree(case_work, ignore_errors=True)
         case_work.mkdir(parents=True)
         ctx = Ctx(ember=paths["ember"], kernel_dir=paths["kernel_dir"],
@@ -197,6 +217,12 @@ def run_inline(names: list[str], paths: dict[str, Path], work: Path, emulated: b
         finally:
             reap_all()
         secs = time.monotonic() - t0
+        if scratch != work:
+            keep = work / "cases" / name
+            keep.mkdir(parents=True, exist_ok=True)
+            for f in case_work.iterdir():
+                if f.is_file() and f.stat().st_size <= (1 << 20):
+                    shutil.copy2(f, keep / f.name)
         rec = {"name": name, "ok": ok, "seconds": round(secs, 2), "detail": detail,
                "data": ctx._data}
         with open(results, "a") as f:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def main() -> int:
     ap.add_argument("--suite", default="test", help="test (default), bench or demo")
     ap.add_argument("--cases", default="", help="comma-separated case names (default: whole suite)")
     ap.add_argument("--modules", default="", help="extra case modules to import, by path (benchmarks)")
-    ap.add_argument("--timeout", type=float, default=2400, help="whole run timeout, seconds")
+    ap.add_argument("--timeout", type=float, default=1500, help="whole run timeout, seconds")
     ap.add_argument("--echo-console", action="store_true", help="show the emulated host's whole console")
     ap.add_argument("--list", action="store_true")
     # Used inside the emulated host.
@@ -68,8 +69,11 @@ def main() -> int:
     if args.inner:
         paths = {"ember": Path(args.ember), "kernel_dir": Path(args.kernel_dir),
                  "rootfs_dir": Path(args.rootfs_dir)}
+        # The emulated host's /tmp is a tmpfs: artefacts and case scratch live there.
+        stage = Path(tempfile.mkdtemp(prefix="ember-e2e-", dir="/tmp"))
+        paths = harness.stage_artifacts(paths, stage)
         harness.run_inline(names, paths, Path(args.work), emulated=True,
-                           results=Path(args.results))
+                           results=Path(args.results), scratch=stage)
         return 0
 
     mode, why = harness.detect_mode()

@@ -21,11 +21,13 @@ def _boot_once(ctx, vmm: str, i: int) -> dict:
         vm = start_ember(ctx, vm_config(ctx), name=f"ember-{i}", extra_flags=["--level", "Info"])
     else:
         vm = start_qemu_microvm(ctx, name=f"qemu-{i}")
-    vm.wait_for(READY, timeout=300)
+    m = vm.wait_for(READY + r".*uptime_ms=(\d+)", timeout=300)
     ready = vm.matched_at - vm.t_exec
+    guest_ms = int(m.group(1))
     rc = vm.wait_exit(timeout=120)
     assert vm.t_exited is not None
-    out = {"ready_ms": ready * 1000, "exit_ms": (vm.t_exited - vm.t_exec) * 1000, "rc": rc}
+    out = {"ready_ms": ready * 1000, "exit_ms": (vm.t_exited - vm.t_exec) * 1000, "rc": rc,
+           "guest_ms": guest_ms, "vmm_ms": ready * 1000 - guest_ms}
     if vmm == "ember":
         m = re.search(r"exec to first KVM_RUN: (\d+) us", vm.stderr())
         if m:
@@ -73,6 +75,10 @@ def _(ctx):
         label = "ember" if vmm == "ember" else "qemu microvm"
         log(f"{label + ': exec -> ready marker':34} {_stats(col(vmm, 'ready_ms'))}")
         log(f"{label + ': exec -> exit':34} {_stats(col(vmm, 'exit_ms'))}")
+    for vmm in ("ember", "qemu"):
+        label = "ember" if vmm == "ember" else "qemu microvm"
+        log(f"{label + ': guest clock at ready':34} {_stats(col(vmm, 'guest_ms'))}")
+        log(f"{label + ': ready minus guest clock':34} {_stats(col(vmm, 'vmm_ms'))}")
     log(f"{'ember: exec -> first KVM_RUN':34} {_stats(col('ember', 'first_run_ms'))}")
     ratio = statistics.median(col("ember", "ready_ms")) / statistics.median(col("qemu", "ready_ms"))
     log(f"ember/qemu median exec -> ready: {ratio:.2f}x")
