@@ -217,3 +217,114 @@ impl Vcpu {
         unsafe { run.__bindgen_anon_1.internal.suberror }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vstate::vm::Vm;
+    use devices::i8042::{I8042, I8042_LEN, I8042_PORT};
+    use devices::BusDevice;
+    use std::sync::{mpsc, Mutex};
+    use vm_memory::{Bytes, GuestAddress};
+
+    const CODE_AT: u64 = 0x10_0000;
+
+    /// KVM, or `None` (the test is skipped, and says so) where /dev/kvm is missing or
+    /// unusable, such as under qemu-user.
+    fn kvm_vm() -> Option<Vm> {
+        match Vm::new() {
+            Ok(vm) => Some(vm),
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                None
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct PortLog(Vec<(u64, u8)>);
+    impl BusDevice for PortLog {
+        fn read(&mut self, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.0.push((offset, data[0]));
+        }
+    }
+
+    struct Rig {
+        vcpu: Vcpu,
+        ports: Arc<Mutex<PortLog>>,
+        reset: EventFd,
+    }
+
+    /// One vCPU in the PVH entry state (32-bit, paging off) about to run `code`.
+    fn rig(vm: &Vm, code: &[u8], entry: u64) -> Rig {
+        let mem = Arc::new(crate::memory::create_guest_memory(16).unwrap());
+        vm.register_memory(&mem).unwrap();
+        mem.write_slice(code, GuestAddress(CODE_AT)).unwrap();
+        regs::setup_boot_tables(mem.as_ref(), EntryMode::Pvh).unwrap();
+        let ports = Arc::new(Mutex::new(PortLog::default()));
+        let reset = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut pio = Bus::new();
+        pio.insert(ports.clone(), 0x3f8, 8).unwrap();
+        pio.insert(
+            Arc::new(Mutex::new(I8042::new(reset.try_clone().unwrap()))),
+            I8042_PORT,
+            I8042_LEN,
+        )
+        .unwrap();
+        let (tx, _rx) = mpsc::channel();
+        let stop = StopNotifier::new(tx, Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let vcpu = Vcpu::new(
+            0,
+            vm.create_vcpu(0).unwrap(),
+            Arc::new(pio),
+            Arc::new(Bus::new()),
+            mem,
+            stop,
+        );
+        vcpu.configure(vm.supported_cpuid(), 1, EntryMode::Pvh, entry)
+            .unwrap();
+        Rig { vcpu, ports, reset }
+    }
+
+    #[test]
+    fn port_writes_reach_devices_and_the_reset_command_is_seen() {
+        let Some(vm) = kvm_vm() else { return };
+        // mov dx, 0x3f8; mov al, 'K'; out dx, al; mov al, 0xfe; out 0x64, al; hlt
+        let code = [
+            0x66, 0xba, 0xf8, 0x03, 0xb0, b'K', 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4,
+        ];
+        let mut r = rig(&vm, &code, CODE_AT);
+        for _ in 0..16 {
+            if r.reset.read().is_ok() {
+                assert_eq!(r.ports.lock().unwrap().0, vec![(0, b'K')]);
+                return;
+            }
+            if let Step::Stop(reason) = r.vcpu.run_once() {
+                panic!("guest stopped before resetting: {reason:?}");
+            }
+        }
+        panic!("the guest's reset request never arrived");
+    }
+
+    #[test]
+    fn a_guest_kvm_cannot_run_is_a_failure_with_registers() {
+        let Some(vm) = kvm_vm() else { return };
+        // Entry in the MMIO gap, where there is no RAM to fetch instructions from.
+        let mut r = rig(&vm, &[0xf4], 0xd000_0000);
+        for _ in 0..16 {
+            match r.vcpu.run_once() {
+                Step::Continue => continue,
+                Step::Stop(StopReason::Failed(msg)) => {
+                    assert!(msg.starts_with("vcpu 0: "), "{msg}");
+                    assert!(msg.contains("rip=0xd0000000"), "{msg}");
+                    return;
+                }
+                Step::Stop(other) => panic!("expected a failure, got {other:?}"),
+            }
+        }
+        panic!("KVM kept running a guest with no code");
+    }
+}
