@@ -5,6 +5,8 @@
 //! guest see at reset for Linux to boot", nothing more. Each architecture lives in its own
 //! module and exposes the same names, so the VMM crate does not branch on the target.
 
+pub mod file_map;
+
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 #[cfg(target_arch = "x86_64")]

@@ -4,6 +4,7 @@
 use super::layout::*;
 use super::mptable::{self, MpTableError};
 use super::regs::{self, EntryMode, RegsError};
+use crate::file_map::GuestFileReader;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::bzimage::{self, BzImage};
@@ -81,6 +82,8 @@ pub fn load_kernel<M: GuestMemoryBackend>(
     mem_size: u64,
 ) -> Result<KernelEntry, BootError> {
     let too_big = || BootError::KernelTooBig(mem_size >> 20);
+    let mut kernel = GuestFileReader::new(kernel, mem).map_err(BootError::Io)?;
+    let kernel = &mut kernel;
     match Elf::load(mem, None, kernel, Some(GuestAddress(HIMEM_START))) {
         Ok(r) => {
             let (mode, entry) = match r.pvh_boot_cap {
@@ -150,7 +153,8 @@ pub fn load_initrd<M: GuestMemoryBackend>(
 ) -> Result<InitrdPlacement, BootError> {
     let size = initrd.metadata().map_err(BootError::InitrdRead)?.len();
     let addr = place_initrd(size, kernel_end, mem_size)?;
-    mem.read_exact_volatile_from(GuestAddress(addr), initrd, size as usize)
+    let mut reader = GuestFileReader::new(initrd, mem).map_err(BootError::InitrdRead)?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut reader, size as usize)
         .map_err(|e| BootError::InitrdRead(std::io::Error::other(e.to_string())))?;
     Ok(InitrdPlacement { addr, size })
 }
