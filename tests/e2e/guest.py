@@ -210,21 +210,33 @@ def parse_ready(m_line: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m_line)}
 
 
-def rss_excluding_guest_kib(pid: int, guest_mib: int) -> int:
-    """Resident memory of `pid` not counting guest RAM: every mapping at least 90% of the
-    guest's size is taken to be guest RAM (ember maps it in one piece below 3.25 GiB; QEMU
-    in one RAM block)."""
+def rss_excluding_guest_kib(pid: int, guest_ranges: list[tuple[int, int]] | None = None,
+                            guest_mib: int = 0) -> int:
+    """Resident memory of `pid` outside guest RAM. Guest RAM is given as host address ranges
+    (ember logs them at Debug level), or else taken to be every mapping at least 90% of the
+    guest's size (QEMU keeps guest RAM in one such block)."""
     total = 0
-    size_kib = 0
+    counted = True
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
-            if "-" in line.split(" ", 1)[0]:
-                lo, hi = line.split(" ", 1)[0].split("-")
-                size_kib = (int(hi, 16) - int(lo, 16)) // 1024
-            elif line.startswith("Rss:"):
-                if size_kib < 0.9 * guest_mib * 1024:
-                    total += int(line.split()[1])
+            head = line.split(" ", 1)[0]
+            if "-" in head and not line.startswith(("Rss", "Pss")):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                if guest_ranges is not None:
+                    inside = any(lo >= s and hi <= s + n for s, n in guest_ranges)
+                else:
+                    inside = (hi - lo) >= 0.9 * guest_mib * 1024 * 1024
+                counted = not inside
+            elif line.startswith("Rss:") and counted:
+                total += int(line.split()[1])
     return total
+
+
+def ember_guest_ranges(vm: "VmProcess") -> list[tuple[int, int]]:
+    """Host address ranges of guest RAM, from ember's Debug log."""
+    return [(int(h, 16), int(n, 16)) for n, h in
+            re.findall(r"guest RAM slot \d+: guest 0x[0-9a-f]+\+(0x[0-9a-f]+) at host (0x[0-9a-f]+)",
+                       vm.stderr())]
 
 
 def start_qemu_microvm(ctx: Ctx, kernel: str = "vmlinux", vcpus: int = 1, mem_mib: int = 128,

@@ -9,8 +9,8 @@ import re
 import statistics
 import time
 
-from guest import (READY, rss_excluding_guest_kib, start_ember, start_qemu_microvm,
-                   vm_config)
+from guest import (READY, ember_guest_ranges, rss_excluding_guest_kib, start_ember,
+                   start_qemu_microvm, vm_config)
 from harness import case, log
 
 RUNS = int(os.environ.get("EMBER_BENCH_RUNS", "10"))
@@ -43,12 +43,18 @@ def _stats(xs: list[float]) -> str:
 
 def _idle_rss(ctx, vmm: str) -> int:
     if vmm == "ember":
-        vm = start_ember(ctx, vm_config(ctx, mode="stay"), name="ember-idle")
+        vm = start_ember(ctx, vm_config(ctx, mode="stay"), name="ember-idle",
+                         extra_flags=["--level", "Debug"])
     else:
         vm = start_qemu_microvm(ctx, mode="stay", name="qemu-idle")
     vm.wait_for(READY, timeout=300)
     time.sleep(2)
-    rss = rss_excluding_guest_kib(vm.proc.pid, 128)
+    if vmm == "ember":
+        ranges = ember_guest_ranges(vm)
+        assert ranges, "ember did not log its guest RAM ranges"
+        rss = rss_excluding_guest_kib(vm.proc.pid, guest_ranges=ranges)
+    else:
+        rss = rss_excluding_guest_kib(vm.proc.pid, guest_mib=128)
     vm.kill()
     return rss
 

@@ -95,6 +95,12 @@ impl Vm {
             // regions of a GuestMemoryMmap do not.
             unsafe { self.fd.set_user_memory_region(slot_region) }
                 .map_err(|e| VmError::Ioctl("KVM_SET_USER_MEMORY_REGION", e))?;
+            log::debug!(
+                "guest RAM slot {slot}: guest {:#x}+{:#x} at host {:#x}",
+                slot_region.guest_phys_addr,
+                slot_region.memory_size,
+                slot_region.userspace_addr
+            );
         }
         Ok(())
     }
