@@ -81,10 +81,9 @@ def _(ctx):
         label = "ember" if vmm == "ember" else "qemu microvm"
         log(f"{label + ': exec -> ready marker':34} {_stats(col(vmm, 'ready_ms'))}")
         log(f"{label + ': exec -> exit':34} {_stats(col(vmm, 'exit_ms'))}")
-    for vmm in ("ember", "qemu"):
-        label = "ember" if vmm == "ember" else "qemu microvm"
-        log(f"{label + ': guest clock at ready':34} {_stats(col(vmm, 'guest_ms'))}")
-        log(f"{label + ': ready minus guest clock':34} {_stats(col(vmm, 'vmm_ms'))}")
+    # The guest's own clock at the marker (kvm-clock) is reported for ember only: under
+    # QEMU in the emulated host it visibly stalls, so it cannot be compared.
+    log(f"{'ember: guest kernel clock at ready':34} {_stats(col('ember', 'guest_ms'))}")
     log(f"{'ember: exec -> first KVM_RUN':34} {_stats(col('ember', 'first_run_ms'))}")
     ratio = statistics.median(col("ember", "ready_ms")) / statistics.median(col("qemu", "ready_ms"))
     log(f"ember/qemu median exec -> ready: {ratio:.2f}x")
