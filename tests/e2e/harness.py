@@ -204,6 +204,7 @@ def run_inline(names: list[str], paths: dict[str, Path], work: Path, emulated: b
         case_work.mkdir(parents=True)
         ctx = Ctx(ember=paths["ember"], kernel_dir=paths["kernel_dir"],
                   rootfs_dir=paths["rootfs_dir"], work=case_work, emulated=emulated)
+        log(f"START {name}")
         t0 = time.monotonic()
         ok, detail = True, ""
         try:
@@ -264,7 +265,45 @@ def emuhost_command(emuhost: Path, work: Path, keep: list[Path], arch: str = ARC
 def run_emulated(names: list[str], paths: dict[str, Path], work: Path, results: Path,
                  total_timeout: float, echo_console: bool = False,
                  modules: list[str] | None = None) -> None:
+    """Runs the cases in emulated KVM hosts, as few as possible: one boot runs them all,
+    unless the emulated host itself stops responding (TCG's nested SVM can wedge the whole
+    L1 kernel). Then a new host runs the cases not yet done. A case during which the host
+    hangs twice is recorded as failed; it is not run a third time."""
     emuhost = build_emuhost()
+    deadline = time.monotonic() + total_timeout
+    remaining = list(names)
+    hung_once: set[str] = set()
+    boot = 0
+    while remaining and time.monotonic() < deadline:
+        boot += 1
+        hung = _emulated_boot(emuhost, remaining, paths, work, results, boot,
+                              deadline, echo_console, modules)
+        done = read_results(results)
+        if hung and hung not in done:
+            if hung in hung_once:
+                _record(results, hung, False,
+                        "the emulated KVM host stopped responding twice during this case")
+            else:
+                hung_once.add(hung)
+        remaining = [n for n in remaining if n not in read_results(results)]
+        if not hung:
+            break  # the host finished its job; whatever is missing did not run
+    if remaining and time.monotonic() >= deadline:
+        log(f"the run's timeout ({total_timeout:.0f}s) ended the emulated hosts")
+
+
+def _record(results: Path, name: str, ok: bool, detail: str) -> None:
+    with open(results, "a") as f:
+        f.write(json.dumps({"name": name, "ok": ok, "seconds": 0, "detail": detail,
+                            "data": {}}) + "\n")
+    log(f"{'PASS' if ok else 'FAIL'} {name}: {detail}")
+
+
+def _emulated_boot(emuhost: Path, names: list[str], paths: dict[str, Path], work: Path,
+                   results: Path, boot: int, deadline: float, echo_console: bool,
+                   modules: list[str] | None) -> str | None:
+    """One emulated host running `names`. Returns the case in flight if the host stopped
+    responding (no case finished within its timeout plus a margin), else None."""
     job = work / "job.sh"
     inner = [sys.executable, str(Path(__file__).resolve().parent / "run.py"), "--inner",
              "--work", str(work), "--results", str(results),
@@ -275,11 +314,13 @@ def run_emulated(names: list[str], paths: dict[str, Path], work: Path, results: 
     # The job runs under the emulated host's init: carry over our EMBER_* settings.
     env = "".join(f"export {k}={_q(v)}\n" for k, v in os.environ.items() if k.startswith("EMBER_"))
     job.write_text(env + "cd " + _q(str(ROOT)) + " && exec " + " ".join(_q(a) for a in inner) + "\n")
-    console = work / "emuhost-console.log"
+    console = work / f"emuhost-console-{boot}.log"
     keep = [ROOT, paths["kernel_dir"], paths["rootfs_dir"], paths["ember"].parent]
+    keep += [Path(m).parent for m in modules or []]
     cmd = emuhost_command(emuhost, work, keep)
-    log(f"booting the emulated KVM host: {' '.join(cmd[:8])} ...")
+    log(f"booting emulated KVM host #{boot}: {' '.join(cmd[:8])} ...")
     t0 = time.monotonic()
+    state = {"case": None, "since": time.monotonic()}
     with open(console, "w") as con:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True, errors="replace")
@@ -290,19 +331,37 @@ def run_emulated(names: list[str], paths: dict[str, Path], work: Path, results: 
                 con.write(line)
                 con.flush()
                 s = line.rstrip("\r\n")
+                if s.startswith("e2e: START "):
+                    state["case"], state["since"] = s.split()[2], time.monotonic()
+                    continue
+                if s.startswith("e2e: PASS ") or s.startswith("e2e: FAIL "):
+                    state["case"], state["since"] = None, time.monotonic()
                 if s.startswith("e2e:") or s.startswith("emuhost:") or echo_console:
                     print(s, flush=True)
 
         t = threading.Thread(target=pump, daemon=True)
         t.start()
-        try:
-            proc.wait(timeout=total_timeout)
-        except subprocess.TimeoutExpired:
-            log(f"the emulated host ran past the run's timeout ({total_timeout:.0f}s); stopping it")
-            proc.kill()
-            proc.wait()
+        hung = None
+        while proc.poll() is None:
+            time.sleep(1)
+            now = time.monotonic()
+            case_now = state["case"]
+            if case_now is not None:
+                limit = REGISTRY[case_now].timeout + 90 if case_now in REGISTRY else 600
+                if now - state["since"] > limit:
+                    hung = case_now
+                    log(f"emulated host #{boot} stopped responding during {case_now}; "
+                        "stopping it")
+            elif now - state["since"] > 300:
+                hung = "(between cases)"
+                log(f"emulated host #{boot} made no progress for 300s; stopping it")
+            if hung or now > deadline:
+                proc.kill()
+                break
+        proc.wait()
         t.join(timeout=5)
-    log(f"emulated host finished in {time.monotonic() - t0:.1f}s (console: {console})")
+    log(f"emulated host #{boot} finished in {time.monotonic() - t0:.1f}s (console: {console})")
+    return hung
 
 
 def _q(s: str) -> str:
