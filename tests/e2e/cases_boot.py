@@ -69,6 +69,18 @@ def _(ctx):
     expect(rc == 0, f"ember exited with {rc}\n{vm.tail()}")
 
 
+@case("reboot_by_triple_fault_exits_zero")
+def _(ctx):
+    # reboot=t: the guest resets by triple fault, which KVM reports as KVM_EXIT_SHUTDOWN.
+    vm = start_ember(ctx, vm_config(ctx, reboot="t"), extra_flags=["--level", "Info"])
+    vm.wait_for(READY, timeout=150)
+    rc = vm.wait_exit(timeout=60)
+    expect(rc == 0, f"ember exited with {rc}\n{vm.tail()}")
+    err = vm.stderr()
+    expect("vcpu 0: guest reset" in err and "i8042" not in err,
+           f"expected a reset by KVM_EXIT_SHUTDOWN, ember logged: {err!r}")
+
+
 @case("serial_output_to_file")
 def _(ctx):
     cfg = vm_config(ctx)

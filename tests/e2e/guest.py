@@ -39,11 +39,12 @@ def guest_cmdline(ctx: Ctx, mode: str = "reboot", extra: str = "", reboot: str =
 
 
 def vm_config(ctx: Ctx, kernel: str = "vmlinux", initrd: bool = True, vcpus: int = 1,
-              mem_mib: int = 128, mode: str = "reboot", extra_args: str = "") -> dict:
+              mem_mib: int = 128, mode: str = "reboot", extra_args: str = "",
+              reboot: str = "k") -> dict:
     """A Firecracker-format configuration for a test guest."""
     boot = {
         "kernel_image_path": str(ctx.kernel_dir / kernel),
-        "boot_args": guest_cmdline(ctx, mode, extra_args),
+        "boot_args": guest_cmdline(ctx, mode, extra_args, reboot=reboot),
     }
     if initrd:
         boot["initrd_path"] = str(ctx.initramfs)
