@@ -56,7 +56,7 @@ class VmProcess:
     """A VMM process whose stdout is the guest console, read by a background thread."""
 
     def __init__(self, name: str, argv: list[str], work: Path, env: dict | None = None,
-                 pre: list[str] | None = None, echo: bool = False):
+                 pre: list[str] | None = None, echo: bool = False, stdin_pipe: bool = False):
         self.name = name
         self.echo = echo
         self.console_path = work / f"{name}.console"
@@ -67,7 +67,8 @@ class VmProcess:
         self.line_times: list[float] = []
         self._stderr = open(self.stderr_path, "w")
         self.proc = subprocess.Popen((pre or []) + argv, stdout=subprocess.PIPE,
-                                     stderr=self._stderr, stdin=subprocess.DEVNULL,
+                                     stderr=self._stderr,
+                                     stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
                                      env=env, start_new_session=True)
         self.t_exited: float | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -124,6 +125,12 @@ class VmProcess:
                                      f"{self.tail()}")
                 self._cv.wait(min(left, 0.5))
 
+    def send(self, data: bytes) -> None:
+        """Writes `data` to the VMM's stdin (the guest console's input)."""
+        assert self.proc.stdin is not None, "started without stdin_pipe"
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
     def wait_exit(self, timeout: float = 120) -> int:
         try:
             rc = self.proc.wait(timeout=timeout)
@@ -161,13 +168,14 @@ class VmProcess:
 
 
 def start_ember(ctx: Ctx, config: dict, name: str = "ember", extra_flags: list[str] | None = None,
-                pre: list[str] | None = None, echo: bool = False) -> VmProcess:
+                pre: list[str] | None = None, echo: bool = False,
+                stdin_pipe: bool = False) -> VmProcess:
     cfg = ctx.work / f"{name}.json"
     cfg.write_text(json.dumps(config, indent=1))
     argv = [str(ctx.ember), "--no-api", "--config-file", str(cfg)] + (extra_flags or [])
     # Lets ember report exec -> first KVM_RUN against our clock (CLOCK_MONOTONIC).
     argv += ["--start-time-us", str(int(time.monotonic() * 1_000_000))]
-    return VmProcess(name, argv, ctx.work, pre=pre, echo=echo)
+    return VmProcess(name, argv, ctx.work, pre=pre, echo=echo, stdin_pipe=stdin_pipe)
 
 
 def run_ember_expecting_error(ctx: Ctx, config: dict | str, name: str = "ember",

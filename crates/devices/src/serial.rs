@@ -1,10 +1,12 @@
 //! The 16550A UART at COM1 (0x3f8, IRQ 4), on top of vm-superio's register model.
-//! The guest's transmit bytes go to any writer (stdout, a file); the interrupt line is an
-//! eventfd that the VMM registers with KVM as an irqfd.
+//! The guest's transmit bytes go to any writer (stdout, a file); received bytes are pushed
+//! in by the VMM's event loop with [`SerialDevice::receive`], never more than the receive
+//! FIFO has room for, and an eventfd says when the guest has drained it. The interrupt line
+//! is an eventfd that the VMM registers with KVM as an irqfd.
 
 use crate::bus::BusDevice;
 use std::io::Write;
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -32,19 +34,43 @@ impl Trigger for EventFdTrigger {
     }
 }
 
+/// Signals an eventfd when the guest has read every received byte, so input can resume.
+pub struct RxDrained(EventFd);
+
+impl SerialEvents for RxDrained {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        // If this fails the event loop simply waits for the next input event.
+        let _ = self.0.write(1);
+    }
+}
+
 /// A serial port device.
 pub struct SerialDevice {
-    uart: Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
+    uart: Serial<EventFdTrigger, RxDrained, Box<dyn Write + Send>>,
     write_failed: bool,
 }
 
 impl SerialDevice {
-    /// A UART whose output goes to `out` and whose interrupt fires `irq`.
-    pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
+    /// A UART whose output goes to `out`, whose interrupt fires `irq`, and which signals
+    /// `rx_drained` when the guest has emptied its receive FIFO.
+    pub fn new(irq: EventFd, out: Box<dyn Write + Send>, rx_drained: EventFd) -> Self {
         Self {
-            uart: Serial::new(EventFdTrigger::new(irq), out),
+            uart: Serial::with_events(EventFdTrigger::new(irq), RxDrained(rx_drained), out),
             write_failed: false,
         }
+    }
+
+    /// Free space in the receive FIFO.
+    pub fn rx_room(&self) -> usize {
+        self.uart.fifo_capacity()
+    }
+
+    /// Queues bytes received from the outside for the guest; returns how many fitted.
+    pub fn receive(&mut self, bytes: &[u8]) -> usize {
+        self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
     }
 
     /// Flushes buffered guest output.
@@ -97,7 +123,8 @@ mod tests {
     fn transmitted_bytes_reach_the_writer() {
         let sink = Sink::default();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut s = SerialDevice::new(irq.try_clone().unwrap(), Box::new(sink.clone()));
+        let drained = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = SerialDevice::new(irq.try_clone().unwrap(), Box::new(sink.clone()), drained);
         // Enable the transmit-empty interrupt, then send two bytes.
         s.write(1, &[0x02]);
         s.write(0, b"o");
@@ -112,5 +139,25 @@ mod tests {
         let mut wide = [0u8; 2];
         s.read(0, &mut wide);
         assert_eq!(wide, [0xff, 0xff]);
+    }
+
+    #[test]
+    fn received_bytes_are_bounded_by_the_fifo_and_drain_is_signalled() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let drained = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = SerialDevice::new(irq, Box::new(Sink::default()), drained.try_clone().unwrap());
+        let room = s.rx_room();
+        assert!(room > 0);
+        let big = vec![b'x'; room + 10];
+        assert_eq!(s.receive(&big), room);
+        assert_eq!(s.rx_room(), 0);
+        assert_eq!(s.receive(b"y"), 0, "a full FIFO takes nothing");
+        let mut b = [0u8];
+        for _ in 0..room {
+            s.read(0, &mut b);
+            assert_eq!(b[0], b'x');
+        }
+        assert!(drained.read().is_ok(), "draining the FIFO is signalled");
+        assert_eq!(s.rx_room(), room);
     }
 }

@@ -1,6 +1,7 @@
 //! `ember`: one process, one KVM guest. Command-line flags follow Firecracker's.
 
 mod logger;
+mod terminal;
 
 use clap::Parser;
 use std::path::PathBuf;
@@ -45,6 +46,13 @@ fn monotonic_us() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
+/// The guest console's input: a duplicate of stdin, if stdin is open.
+fn console_input() -> Option<std::fs::File> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+    Some(std::fs::File::from(fd))
+}
+
 fn run(args: Args) -> Result<(), String> {
     if !args.no_api {
         return Err(
@@ -61,6 +69,7 @@ fn run(args: Args) -> Result<(), String> {
     let resources = vmm::parse_config(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let start = args.start_time_us;
     let opts = vmm::RunOptions {
+        console_input: console_input(),
         on_first_run: Some(Box::new(move || {
             let now = monotonic_us();
             match start {
@@ -69,6 +78,7 @@ fn run(args: Args) -> Result<(), String> {
             }
         })),
     };
+    let _raw = terminal::RawTerminal::enable();
     vmm::build_and_run(&resources, opts).map_err(|e| e.to_string())
 }
 

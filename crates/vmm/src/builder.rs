@@ -2,6 +2,7 @@
 //! legacy devices on the port bus, vCPUs. Each step's failure is an error naming it.
 
 use crate::config::VmResources;
+use crate::console_input::ConsoleInput;
 use crate::event_loop::{self, ExitWatcher, GuestEnd, SubscriberOps};
 use crate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{FirstRunHook, StopNotifier, Vcpu, VcpuError};
@@ -74,6 +75,8 @@ pub enum BuildError {
 pub struct RunOptions {
     /// Called on the boot vCPU's thread right before its first KVM_RUN.
     pub on_first_run: Option<FirstRunHook>,
+    /// Where the guest's console input comes from (ember passes its stdin).
+    pub console_input: Option<File>,
 }
 
 fn open_regular(kind: &'static str, path: &Path) -> Result<File, std::io::Error> {
@@ -156,7 +159,12 @@ pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildErr
     let new_evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd);
     let serial_irq = new_evt()?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_out)));
+    let rx_drained = new_evt()?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        serial_irq,
+        serial_out,
+        rx_drained.try_clone().map_err(BuildError::EventFd)?,
+    )));
     let reset_evt = new_evt()?;
     let i8042 = Arc::new(Mutex::new(I8042::new(
         reset_evt.try_clone().map_err(BuildError::EventFd)?,
@@ -177,6 +185,13 @@ pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildErr
     )));
     let mut em = event_loop::Loop::new().map_err(|e| BuildError::EventLoop(format!("{e:?}")))?;
     em.add_subscriber(watcher.clone());
+    if let Some(input) = opts.console_input {
+        em.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
+            serial.clone(),
+            input,
+            rx_drained,
+        ))));
+    }
 
     let mut vcpus = Vec::with_capacity(res.vcpu_count as usize);
     for index in 0..res.vcpu_count {

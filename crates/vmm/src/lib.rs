@@ -5,9 +5,11 @@
 //! - [`vstate`]: the KVM VM and vCPUs (run loop and exit routing).
 //! - [`builder`]: assembling and running a VM from a configuration.
 //! - [`event_loop`]: the VMM thread's epoll loop.
+//! - [`console_input`]: console input (stdin) to the guest's UART.
 
 pub mod builder;
 pub mod config;
+pub mod console_input;
 pub mod event_loop;
 pub mod memory;
 pub mod vstate;
