@@ -18,9 +18,14 @@ pub const DEFAULT_BOOT_ARGS: &str = "reboot=k panic=1 pci=off nomodule 8250.nr_u
 /// Errors in a configuration file.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    /// The file is not valid JSON or does not match the schema.
-    #[error("invalid VM configuration: {0}")]
-    Json(#[from] serde_json::Error),
+    /// The file is not valid JSON or does not match the schema; `path` names the field.
+    #[error("invalid VM configuration{}: {source}", at(path))]
+    Json {
+        /// Where in the document (`machine-config.vcpu_count`), empty at the top level.
+        path: String,
+        /// What is wrong there.
+        source: serde_json::Error,
+    },
     /// `vcpu_count` out of range.
     #[error("machine-config: vcpu_count must be between 1 and {MAX_VCPUS}, got {0}")]
     VcpuCount(u64),
@@ -143,6 +148,14 @@ pub struct VmResources {
     pub serial_out_path: Option<PathBuf>,
 }
 
+fn at(path: &str) -> String {
+    if path.is_empty() || path == "." {
+        String::new()
+    } else {
+        format!(" at `{path}`")
+    }
+}
+
 fn refuse_if_set(key: &str, value: &Option<serde_json::Value>) -> Result<(), ConfigError> {
     match value {
         None | Some(serde_json::Value::Null) => Ok(()),
@@ -193,7 +206,11 @@ pub fn validate_machine(m: &MachineConfig) -> Result<(u8, u64), ConfigError> {
 
 /// Parses and validates the text of a configuration file.
 pub fn parse(text: &str) -> Result<VmResources, ConfigError> {
-    let file: ConfigFile = serde_json::from_str(text)?;
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let file: ConfigFile = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Json {
+        path: e.path().to_string(),
+        source: e.into_inner(),
+    })?;
     refuse_if_nonempty("drives", &file.drives)?;
     refuse_if_nonempty("network-interfaces", &file.network_interfaces)?;
     refuse_if_set("logger", &file.logger)?;
@@ -298,6 +315,10 @@ mod tests {
         assert!(e.to_string().starts_with("invalid VM configuration"), "{e}");
         let e = parse(&with_machine(r#"{"vcpu_count": "2", "mem_size_mib": 128}"#)).unwrap_err();
         assert!(e.to_string().contains("invalid type"), "{e}");
+        assert!(
+            e.to_string().contains("at `machine-config.vcpu_count`"),
+            "{e}"
+        );
         let e = parse(&with_machine(r#"{"vcpu_count": -1, "mem_size_mib": 128}"#)).unwrap_err();
         assert!(e.to_string().contains("-1"), "{e}");
         let e = parse(r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}"#).unwrap_err();
