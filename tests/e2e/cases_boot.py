@@ -11,7 +11,7 @@ from harness import case
 
 def boot_to_marker(ctx, name="ember", **cfg):
     vm = start_ember(ctx, vm_config(ctx, **cfg), name=name)
-    m = vm.wait_for(READY + r".*", timeout=150)
+    m = vm.wait_for(READY + r".*", timeout=300)
     info = parse_ready(m.group(0))
     rc = vm.wait_exit(timeout=60)
     expect(rc == 0, f"ember exited with {rc} after the guest rebooted\n{vm.tail()}")
@@ -49,6 +49,12 @@ def _(ctx):
 def _(ctx):
     info, _ = boot_to_marker(ctx, kernel="bzImage", vcpus=2)
     expect(info["cpus"] == 2, f"guest reports {info['cpus']} CPUs, expected 2")
+
+
+@case("boot_32_vcpus_the_maximum", timeout=400)
+def _(ctx):
+    info, _ = boot_to_marker(ctx, vcpus=32, mem_mib=256)
+    expect(info["cpus"] == 32, f"guest reports {info['cpus']} CPUs, expected 32")
 
 
 @case("boot_1024_mib")
