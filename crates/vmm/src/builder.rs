@@ -35,9 +35,6 @@ pub enum BuildError {
     /// The initrd cannot be loaded.
     #[error("initrd {0}: {1}")]
     Initrd(PathBuf, BootError),
-    /// A path names a directory or something else that is not a regular file.
-    #[error("{0} {1} is not a regular file")]
-    NotAFile(&'static str, PathBuf),
     /// The command line is too long or malformed.
     #[error("kernel command line: {0}")]
     Cmdline(linux_loader::cmdline::Error),
@@ -79,12 +76,14 @@ pub struct RunOptions {
     pub console_input: Option<File>,
 }
 
-fn open_regular(kind: &'static str, path: &Path) -> Result<File, std::io::Error> {
+/// Opens a boot file, refusing directories and devices (a directory opens fine on Linux
+/// and would only fail later, obscurely).
+fn open_regular(path: &Path) -> Result<File, std::io::Error> {
     let file = File::open(path)?;
     if !file.metadata()?.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("{kind} {} is not a regular file", path.display()),
+            "not a regular file",
         ));
     }
     Ok(file)
@@ -107,12 +106,12 @@ fn serial_output(res: &VmResources) -> Result<Box<dyn Write + Send>, BuildError>
 /// Builds the VM described by `res`, runs it until the guest ends, and reports how.
 pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildError> {
     // Inputs first: a missing file is reported before any KVM work.
-    let mut kernel = open_regular("kernel image", &res.kernel_path)
+    let mut kernel = open_regular(&res.kernel_path)
         .map_err(|e| BuildError::KernelOpen(res.kernel_path.clone(), e))?;
     let mut initrd = match &res.initrd_path {
         Some(p) => Some((
             p,
-            open_regular("initrd", p).map_err(|e| BuildError::InitrdOpen(p.clone(), e))?,
+            open_regular(p).map_err(|e| BuildError::InitrdOpen(p.clone(), e))?,
         )),
         None => None,
     };
