@@ -51,14 +51,6 @@ def _(ctx):
     expect(info["cpus"] == 2, f"guest reports {info['cpus']} CPUs, expected 2")
 
 
-@case("boot_8_vcpus", timeout=300)
-def _(ctx):
-    # 8 and not 32: in the emulated host (2 CPUs, nested SVM under TCG) 32-vCPU guests
-    # triple-fault during SMP bring-up now and then, under QEMU microvm as under ember.
-    info, _ = boot_to_marker(ctx, vcpus=8, mem_mib=256)
-    expect(info["cpus"] == 8, f"guest reports {info['cpus']} CPUs, expected 8")
-
-
 @case("boot_1024_mib")
 def _(ctx):
     info, _ = boot_to_marker(ctx, mem_mib=1024)

@@ -282,7 +282,7 @@ def run_emulated(names: list[str], paths: dict[str, Path], work: Path, results: 
         if hung and hung not in done:
             if hung in hung_once:
                 _record(results, hung, False,
-                        "the emulated KVM host stopped responding twice during this case")
+                        "the emulated KVM host hung or reset twice during this case")
             else:
                 hung_once.add(hung)
         remaining = [n for n in remaining if n not in read_results(results)]
@@ -320,7 +320,7 @@ def _emulated_boot(emuhost: Path, names: list[str], paths: dict[str, Path], work
     cmd = emuhost_command(emuhost, work, keep)
     log(f"booting emulated KVM host #{boot}: {' '.join(cmd[:8])} ...")
     t0 = time.monotonic()
-    state = {"case": None, "since": time.monotonic()}
+    state = {"case": None, "since": time.monotonic(), "job_done": False}
     with open(console, "w") as con:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True, errors="replace")
@@ -336,6 +336,8 @@ def _emulated_boot(emuhost: Path, names: list[str], paths: dict[str, Path], work
                     continue
                 if s.startswith("e2e: PASS ") or s.startswith("e2e: FAIL "):
                     state["case"], state["since"] = None, time.monotonic()
+                if s.startswith("emuhost: job exited"):
+                    state["job_done"] = True
                 if s.startswith("e2e:") or s.startswith("emuhost:") or echo_console:
                     print(s, flush=True)
 
@@ -360,6 +362,11 @@ def _emulated_boot(emuhost: Path, names: list[str], paths: dict[str, Path], work
                 break
         proc.wait()
         t.join(timeout=5)
+    if not hung and not state["job_done"] and time.monotonic() < deadline:
+        # The emulated host reset or died under the job (TCG's nested SVM can triple-fault
+        # the whole L1 kernel): treat it like a hang of the case in flight.
+        hung = state["case"] or "(between cases)"
+        log(f"emulated host #{boot} ended unexpectedly during {hung}")
     log(f"emulated host #{boot} finished in {time.monotonic() - t0:.1f}s (console: {console})")
     return hung
 
