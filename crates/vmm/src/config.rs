@@ -19,12 +19,13 @@ pub const DEFAULT_BOOT_ARGS: &str = "reboot=k panic=1 pci=off nomodule 8250.nr_u
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file is not valid JSON or does not match the schema; `path` names the field.
-    #[error("invalid VM configuration{}: {source}", at(path))]
+    /// Both are printable: control characters from the input are escaped.
+    #[error("invalid VM configuration{}: {message}", at(path))]
     Json {
         /// Where in the document (`machine-config.vcpu_count`), empty at the top level.
         path: String,
         /// What is wrong there.
-        source: serde_json::Error,
+        message: String,
     },
     /// `vcpu_count` out of range.
     #[error("machine-config: vcpu_count must be between 1 and {MAX_VCPUS}, got {0}")]
@@ -148,6 +149,19 @@ pub struct VmResources {
     pub serial_out_path: Option<PathBuf>,
 }
 
+/// Escapes control characters (a field name may contain a newline) so an error stays one line.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn at(path: &str) -> String {
     if path.is_empty() || path == "." {
         String::new()
@@ -208,8 +222,8 @@ pub fn validate_machine(m: &MachineConfig) -> Result<(u8, u64), ConfigError> {
 pub fn parse(text: &str) -> Result<VmResources, ConfigError> {
     let de = &mut serde_json::Deserializer::from_str(text);
     let file: ConfigFile = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Json {
-        path: e.path().to_string(),
-        source: e.into_inner(),
+        path: printable(&e.path().to_string()),
+        message: printable(&e.into_inner().to_string()),
     })?;
     refuse_if_nonempty("drives", &file.drives)?;
     refuse_if_nonempty("network-interfaces", &file.network_interfaces)?;
@@ -349,5 +363,60 @@ mod tests {
         let r = parse(r#"{"boot-source": {"kernel_image_path": "/k"}, "serial": {"serial_out_path": "/tmp/c"}}"#)
             .unwrap();
         assert_eq!(r.serial_out_path, Some(PathBuf::from("/tmp/c")));
+    }
+
+    /// Hostile input: thousands of mutated configurations (flipped bytes, cut-offs, spliced
+    /// JSON tokens, huge numbers). `parse` must return, never panic, and every error must be
+    /// one line (launchers read ember's single `ember: error:` line).
+    #[test]
+    fn mutated_configs_never_panic_and_errors_are_one_line() {
+        let seed_doc = r#"{"boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0", "initrd_path": "/i"},
+            "machine-config": {"vcpu_count": 2, "mem_size_mib": 1024, "smt": false, "huge_pages": "None"},
+            "serial": {"serial_out_path": "/c"}, "drives": [], "network-interfaces": []}"#;
+        let tokens: [&[u8]; 12] = [
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b"\"",
+            b":",
+            b",",
+            b"-1",
+            b"1e999",
+            b"18446744073709551616",
+            b"null",
+            b"\"\\u0000\"",
+        ];
+        // xorshift: deterministic, no dependency.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut doc = seed_doc.as_bytes().to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() as usize) % (doc.len() + 1);
+                match next() % 4 {
+                    0 if at < doc.len() => doc[at] = next() as u8,
+                    1 => doc.truncate(at),
+                    2 => {
+                        let t = tokens[(next() as usize) % tokens.len()];
+                        doc.splice(at..at, t.iter().copied());
+                    }
+                    _ if at < doc.len() => {
+                        doc.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+            let text = String::from_utf8_lossy(&doc);
+            if let Err(e) = parse(&text) {
+                let msg = e.to_string();
+                assert!(!msg.contains('\n'), "multi-line error for {text:?}: {msg}");
+            }
+        }
     }
 }
