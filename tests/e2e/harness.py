@@ -54,20 +54,8 @@ class Ctx:
     arch: str = ARCH
 
     @property
-    def vmlinux(self) -> Path:
-        return self.kernel_dir / "vmlinux"
-
-    @property
-    def bzimage(self) -> Path:
-        return self.kernel_dir / "bzImage"
-
-    @property
     def initramfs(self) -> Path:
         return self.rootfs_dir / "initramfs.cpio"
-
-    @property
-    def rootfs(self) -> Path:
-        return self.rootfs_dir / "rootfs.ext4"
 
     def data(self, **kv) -> None:
         """Records measurements for the run's report (benchmarks use this)."""

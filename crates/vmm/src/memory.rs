@@ -3,7 +3,7 @@
 use arch::layout;
 use thiserror::Error;
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{GuestMemoryMmap, GuestRegionMmap};
 
 /// Errors allocating guest memory.
 #[derive(Debug, Error)]
@@ -49,15 +49,10 @@ pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     })
 }
 
-/// The guest address where RAM for a given size ends below the MMIO gap.
-pub fn low_ram_end(mib: u64) -> GuestAddress {
-    GuestAddress(layout::low_ram_end(mib << 20))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemoryBackend};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
     #[test]
     fn small_guest() {

@@ -49,8 +49,6 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 0xd000_0000;
 /// End of the 32-bit MMIO gap (4 GiB).
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
-/// Where virtio-mmio device windows are allocated, one 4 KiB page each.
-pub const MMIO_DEVICES_START: u64 = MMIO_GAP_START;
 /// IOAPIC register window.
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 /// Local APIC register window.

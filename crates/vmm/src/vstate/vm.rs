@@ -123,9 +123,4 @@ impl Vm {
     pub fn supported_cpuid(&self) -> &CpuId {
         &self.supported_cpuid
     }
-
-    /// The VM file descriptor, for devices that register ioeventfds.
-    pub fn fd(&self) -> &VmFd {
-        &self.fd
-    }
 }
