@@ -20,6 +20,7 @@ import harness  # noqa: E402
 from harness import REGISTRY, log  # noqa: E402
 
 import cases_boot  # noqa: E402,F401  (registers cases)
+import cases_block  # noqa: E402,F401
 
 
 def load_extra_modules(paths: list[str]) -> None:

@@ -3,6 +3,8 @@
 
 use crate::config::VmResources;
 use crate::console_input::ConsoleInput;
+use crate::device_manager::{DeviceManagerError, MmioDeviceManager};
+use crate::drive_config::{self, DriveSpec};
 use crate::event_loop::{self, ExitWatcher, GuestEnd, SubscriberOps};
 use crate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{FirstRunHook, StopNotifier, Vcpu, VcpuError};
@@ -11,6 +13,7 @@ use arch::boot::{self, BootError, BootSetup};
 use arch::layout::CMDLINE_MAX_SIZE;
 use devices::i8042::{I8042, I8042_LEN, I8042_PORT};
 use devices::serial::{SerialDevice, COM1_IRQ, COM1_LEN, COM1_PORT};
+use devices::virtio::block::{Block, DiskError, DiskFile};
 use devices::{Bus, BusError};
 use linux_loader::cmdline::Cmdline;
 use std::fs::{File, OpenOptions};
@@ -38,6 +41,19 @@ pub enum BuildError {
     /// The command line is too long or malformed.
     #[error("kernel command line: {0}")]
     Cmdline(linux_loader::cmdline::Error),
+    /// A drive's backing file is unusable.
+    #[error("drive {id:?} ({path}): {source}")]
+    Drive {
+        /// The drive id.
+        id: String,
+        /// Its backing file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: DiskError,
+    },
+    /// A device could not be attached.
+    #[error(transparent)]
+    Device(#[from] DeviceManagerError),
     /// KVM setup failed.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -103,6 +119,20 @@ fn serial_output(res: &VmResources) -> Result<Box<dyn Write + Send>, BuildError>
     }
 }
 
+/// Opens every drive's file before any KVM work, so a bad path is reported first.
+fn open_drives(drives: &[DriveSpec]) -> Result<Vec<DiskFile>, BuildError> {
+    drives
+        .iter()
+        .map(|d| {
+            DiskFile::open(&d.path, d.read_only, d.cache).map_err(|source| BuildError::Drive {
+                id: d.id.clone(),
+                path: d.path.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
 /// Builds the VM described by `res`, runs it until the guest ends, and reports how.
 pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildError> {
     // Inputs first: a missing file is reported before any KVM work.
@@ -119,6 +149,12 @@ pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildErr
     cmdline
         .insert_str(&res.boot_args)
         .map_err(BuildError::Cmdline)?;
+    let disks = open_drives(&res.drives)?;
+    if let Some(root) = res.drives.first().filter(|d| d.is_root) {
+        cmdline
+            .insert_str(drive_config::root_args(root))
+            .map_err(BuildError::Cmdline)?;
+    }
     let serial_out = serial_output(res)?;
 
     let vm = Vm::new()?;
@@ -143,6 +179,19 @@ pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildErr
         None => None,
     };
     log::debug!("initrd loaded");
+    // Virtio devices before the boot structures: each adds itself to the command line.
+    let mut mmio = Bus::new();
+    let mut device_manager = MmioDeviceManager::new();
+    for (spec, disk) in res.drives.iter().zip(disks) {
+        device_manager.attach(
+            &vm,
+            &guest_mem,
+            &mut mmio,
+            &mut cmdline,
+            Box::new(Block::new(&spec.id, disk)),
+        )?;
+    }
+    let mmio = Arc::new(mmio);
     boot::configure_system(
         guest_mem.as_ref(),
         &BootSetup {
@@ -172,7 +221,6 @@ pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildErr
     pio.insert(serial.clone(), COM1_PORT, COM1_LEN)?;
     pio.insert(i8042, I8042_PORT, I8042_LEN)?;
     let pio = Arc::new(pio);
-    let mmio = Arc::new(Bus::new());
 
     // The event loop must exist before the vCPUs can report to it.
     let stop_evt = Arc::new(new_evt()?);

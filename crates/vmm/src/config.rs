@@ -2,6 +2,7 @@
 //! and fields as the API resources, parsed strictly (unknown fields are errors) and
 //! validated into a [`VmResources`] the builder can trust.
 
+use crate::drive_config::{self, DriveConfig, DriveConfigError, DriveSpec};
 use serde::Deserialize;
 use std::path::PathBuf;
 use thiserror::Error;
@@ -39,6 +40,9 @@ pub enum ConfigError {
     /// A field value we recognise but do not implement.
     #[error("{0} is not supported by ember")]
     Unsupported(String),
+    /// A drive is invalid.
+    #[error(transparent)]
+    Drive(#[from] DriveConfigError),
     /// `kernel_image_path` is empty.
     #[error("boot-source: kernel_image_path must not be empty")]
     EmptyKernelPath,
@@ -110,10 +114,10 @@ struct ConfigFile {
     machine_config: Option<MachineConfig>,
     #[serde(default)]
     serial: Option<SerialConfig>,
+    #[serde(default)]
+    drives: Vec<DriveConfig>,
     // Keys of Firecracker's format that this build does not implement: accepted only when
     // empty, so a configuration never silently loses a device it asked for.
-    #[serde(default)]
-    drives: Option<Vec<serde_json::Value>>,
     #[serde(rename = "network-interfaces", default)]
     network_interfaces: Option<Vec<serde_json::Value>>,
     #[serde(default)]
@@ -147,6 +151,8 @@ pub struct VmResources {
     pub mem_size_mib: u64,
     /// Console output file, or stdout.
     pub serial_out_path: Option<PathBuf>,
+    /// Block devices, in attachment order (the root drive first).
+    pub drives: Vec<DriveSpec>,
 }
 
 /// Escapes control characters (a field name may contain a newline) so an error stays one line.
@@ -225,7 +231,7 @@ pub fn parse(text: &str) -> Result<VmResources, ConfigError> {
         path: printable(&e.path().to_string()),
         message: printable(&e.into_inner().to_string()),
     })?;
-    refuse_if_nonempty("drives", &file.drives)?;
+    let drives = drive_config::validate_drives(&file.drives)?;
     refuse_if_nonempty("network-interfaces", &file.network_interfaces)?;
     refuse_if_set("logger", &file.logger)?;
     refuse_if_set("metrics", &file.metrics)?;
@@ -255,6 +261,7 @@ pub fn parse(text: &str) -> Result<VmResources, ConfigError> {
             .serial
             .and_then(|s| s.serial_out_path)
             .map(PathBuf::from),
+        drives,
     })
 }
 

@@ -10,6 +10,8 @@
 pub mod builder;
 pub mod config;
 pub mod console_input;
+pub mod device_manager;
+pub mod drive_config;
 pub mod event_loop;
 pub mod memory;
 pub mod vstate;

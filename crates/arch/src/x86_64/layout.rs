@@ -49,6 +49,14 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 0xd000_0000;
 /// End of the 32-bit MMIO gap (4 GiB).
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+/// First virtio-mmio device window: devices are packed upwards from the start of the gap.
+pub const MMIO_DEVICES_START: u64 = MMIO_GAP_START;
+/// Room for device windows (up to the PCI-free part of the gap; far more than the IRQs allow).
+pub const MMIO_DEVICES_SIZE: u64 = 0x1000_0000;
+/// First interrupt line for virtio devices (0-4 are the PIT, keyboard, cascade and COM ports).
+pub const IRQ_DEVICES_FIRST: u32 = 5;
+/// Last interrupt line (the IOAPIC has 24 pins).
+pub const IRQ_DEVICES_LAST: u32 = 23;
 /// IOAPIC register window.
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 /// Local APIC register window.

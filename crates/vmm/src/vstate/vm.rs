@@ -112,6 +112,19 @@ impl Vm {
             .map_err(|e| VmError::Ioctl("KVM_IRQFD", e))
     }
 
+    /// Makes a 4-byte guest write of `datamatch` to MMIO address `addr` signal `evt`
+    /// inside KVM, without a vCPU exit to userspace.
+    pub fn register_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(evt, &kvm_ioctls::IoEventAddress::Mmio(addr), datamatch)
+            .map_err(|e| VmError::Ioctl("KVM_IOEVENTFD", e))
+    }
+
     /// Creates vCPU `index`.
     pub fn create_vcpu(&self, index: u8) -> Result<VcpuFd, VmError> {
         self.fd

@@ -1,0 +1,162 @@
+//! virtio-blk on a raw host file.
+//!
+//! One request queue served by a dedicated thread ([`worker`]), so a slow disk never
+//! stalls the vCPUs, the console or another drive.
+
+pub mod disk;
+pub mod request;
+pub mod worker;
+
+pub use disk::{CacheType, DiskError, DiskFile};
+pub use worker::BlockCounters;
+
+use super::{
+    ActivateError, Activation, VirtioDevice, F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, TYPE_BLOCK,
+};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use vmm_sys_util::eventfd::EventFd;
+use worker::RequestHandler;
+
+/// Feature: `seg_max` in the configuration space is valid.
+pub const F_SEG_MAX: u32 = 2;
+/// Feature: the device is read-only.
+pub const F_RO: u32 = 5;
+/// Feature: the device has a volatile write cache and takes flush requests.
+pub const F_FLUSH: u32 = 9;
+
+/// Queue size offered to the driver.
+pub const QUEUE_SIZE: u16 = 256;
+/// Largest number of data segments per request: the queue minus header and status.
+const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// virtio_blk_config up to and including `blk_size` (capacity, size_max, seg_max,
+/// geometry, blk_size).
+const CONFIG_LEN: usize = 24;
+
+struct Running {
+    thread: JoinHandle<RequestHandler>,
+    stop: EventFd,
+}
+
+/// A virtio-blk device.
+pub struct Block {
+    id: String,
+    /// Present while no worker runs.
+    handler: Option<RequestHandler>,
+    running: Option<Running>,
+    features: u64,
+    config: [u8; CONFIG_LEN],
+    queue_sizes: [u16; 1],
+    counters: Arc<BlockCounters>,
+}
+
+impl Block {
+    /// A block device named `id` (its get-id serial) on `disk`.
+    pub fn new(id: &str, disk: DiskFile) -> Self {
+        let mut features =
+            1u64 << F_VERSION_1 | 1 << F_EVENT_IDX | 1 << F_INDIRECT_DESC | 1 << F_SEG_MAX;
+        if disk.read_only() {
+            features |= 1 << F_RO;
+        }
+        if disk.cache() == CacheType::Writeback {
+            features |= 1 << F_FLUSH;
+        }
+        let mut config = [0u8; CONFIG_LEN];
+        config[0..8].copy_from_slice(&(disk.size() / disk::SECTOR_SIZE).to_le_bytes());
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        let counters = Arc::new(BlockCounters::default());
+        Self {
+            id: id.to_string(),
+            handler: Some(RequestHandler::new(disk, id, counters.clone())),
+            running: None,
+            features,
+            config,
+            queue_sizes: [QUEUE_SIZE],
+            counters,
+        }
+    }
+
+    /// The drive id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The device's counters (shared with its worker).
+    pub fn counters(&self) -> Arc<BlockCounters> {
+        self.counters.clone()
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if start >= CONFIG_LEN {
+            return;
+        }
+        let n = data.len().min(CONFIG_LEN - start);
+        data[..n].copy_from_slice(&self.config[start..start + n]);
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        // Only `writeback` is writable in the spec, and only with CONFIG_WCE, not offered.
+        log::debug!("block {}: config write at {offset:#x} ignored", self.id);
+    }
+
+    fn activate(&mut self, mut a: Activation) -> Result<(), ActivateError> {
+        if self.running.is_some() {
+            return Err(ActivateError::BadState);
+        }
+        let queue = a.queues.pop().ok_or(ActivateError::QueueNotReady(0))?;
+        let queue_evt = a.queue_evts.pop().ok_or(ActivateError::QueueNotReady(0))?;
+        if !virtio_queue::QueueT::is_valid(&queue, a.mem.as_ref()) {
+            return Err(ActivateError::QueueNotReady(0));
+        }
+        let handler = self.handler.take().ok_or(ActivateError::BadState)?;
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Thread)?;
+        let stop_worker = match stop.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                self.handler = Some(handler);
+                return Err(ActivateError::Thread(e));
+            }
+        };
+        let (mem, interrupt) = (a.mem, a.interrupt);
+        // The handler moves into the thread; if spawning fails it is lost with the
+        // closure, so the device cannot be activated again (reported as BadState).
+        let thread = std::thread::Builder::new()
+            .name(format!("blk-{}", self.id))
+            .spawn(move || worker::run(handler, queue, mem, interrupt, queue_evt, stop_worker))
+            .map_err(ActivateError::Thread)?;
+        self.running = Some(Running { thread, stop });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        if let Err(e) = running.stop.write(1) {
+            log::error!("block {}: cannot stop its worker: {e}", self.id);
+            return;
+        }
+        match running.thread.join() {
+            Ok(handler) => self.handler = Some(handler),
+            Err(_) => log::error!("block {}: worker thread died; device unusable", self.id),
+        }
+    }
+}

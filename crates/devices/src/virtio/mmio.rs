@@ -1,0 +1,357 @@
+//! The virtio-mmio transport, modern interface (virtio 1.2, section 4.2.2): a 4 KiB
+//! register window per device. Legacy (version 1) drivers are not offered.
+//!
+//! Queue notifications are meant to bypass this code: the VMM registers each entry of
+//! [`MmioTransport::queue_evts`] as a KVM ioeventfd on the QueueNotify register with the
+//! queue index as data match. A notify that reaches [`BusDevice::write`] anyway (no
+//! ioeventfd) is forwarded to the same eventfd.
+
+use super::{status, Activation, GuestMemory, Interrupt, VirtioDevice, F_EVENT_IDX, F_VERSION_1};
+use crate::bus::BusDevice;
+use std::sync::Arc;
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Size of a device's register window.
+pub const MMIO_WINDOW_LEN: u64 = 0x1000;
+/// Offset of the QueueNotify register, where queue ioeventfds are registered.
+pub const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+/// "EMBR" as a little-endian u32.
+const VENDOR_ID: u32 = u32::from_le_bytes(*b"EMBR");
+const CONFIG_SPACE: u64 = 0x100;
+
+mod reg {
+    pub const MAGIC: u64 = 0x000;
+    pub const VERSION: u64 = 0x004;
+    pub const DEVICE_ID: u64 = 0x008;
+    pub const VENDOR_ID: u64 = 0x00c;
+    pub const DEVICE_FEATURES: u64 = 0x010;
+    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    pub const DRIVER_FEATURES: u64 = 0x020;
+    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    pub const QUEUE_SEL: u64 = 0x030;
+    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    pub const QUEUE_NUM: u64 = 0x038;
+    pub const QUEUE_READY: u64 = 0x044;
+    pub const QUEUE_NOTIFY: u64 = 0x050;
+    pub const INTERRUPT_STATUS: u64 = 0x060;
+    pub const INTERRUPT_ACK: u64 = 0x064;
+    pub const STATUS: u64 = 0x070;
+    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
+    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
+    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const SHM_LEN_LOW: u64 = 0x0b0;
+    pub const SHM_LEN_HIGH: u64 = 0x0b4;
+    pub const CONFIG_GENERATION: u64 = 0x0fc;
+}
+
+/// One virtio device behind a virtio-mmio register window.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemory,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    queue_sel: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    status: u32,
+    config_generation: u32,
+    active: bool,
+}
+
+impl MmioTransport {
+    /// Puts `device` behind a register window. `interrupt` must fire the irqfd of the
+    /// interrupt line announced to the guest for this window.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+    ) -> std::io::Result<Self> {
+        let mut queues = Vec::new();
+        let mut queue_evts = Vec::new();
+        for &max in device.queue_max_sizes() {
+            queues.push(Queue::new(max).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}"))
+            })?);
+            queue_evts.push(EventFd::new(libc::EFD_NONBLOCK)?);
+        }
+        Ok(Self {
+            device,
+            mem,
+            interrupt,
+            queues,
+            queue_evts,
+            queue_sel: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            status: 0,
+            config_generation: 0,
+            active: false,
+        })
+    }
+
+    /// The per-queue notification eventfds, in queue order (for KVM ioeventfds).
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    /// The device's status register as the driver sees it.
+    pub fn device_status(&self) -> u32 {
+        if self.interrupt.needs_reset() {
+            self.status | status::DEVICE_NEEDS_RESET
+        } else {
+            self.status
+        }
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        // Queue setup is frozen once the device runs (virtio 1.2, 4.2.2.3).
+        if self.active {
+            return None;
+        }
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn read_reg(&self, offset: u64) -> u32 {
+        match offset {
+            reg::MAGIC => MAGIC,
+            reg::VERSION => VERSION,
+            reg::DEVICE_ID => self.device.device_type(),
+            reg::VENDOR_ID => VENDOR_ID,
+            reg::DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            reg::QUEUE_NUM_MAX => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.max_size())),
+            reg::QUEUE_READY => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.ready())),
+            reg::INTERRUPT_STATUS => self.interrupt.status(),
+            reg::STATUS => self.device_status(),
+            // No shared memory regions: their length reads as all ones.
+            reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH => u32::MAX,
+            reg::CONFIG_GENERATION => self.config_generation,
+            _ => 0,
+        }
+    }
+
+    fn write_reg(&mut self, offset: u64, v: u32) {
+        match offset {
+            reg::DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            reg::DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            reg::DRIVER_FEATURES => {
+                // Features are only negotiable before FEATURES_OK.
+                if self.status & status::FEATURES_OK != 0 {
+                    return;
+                }
+                match self.driver_features_sel {
+                    0 => {
+                        self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v)
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
+                    }
+                    _ => {}
+                }
+            }
+            reg::QUEUE_SEL => self.queue_sel = v,
+            reg::QUEUE_NUM => {
+                if let Some(q) = self.selected_queue() {
+                    // Not a power of two or above the maximum: refused, the queue stays
+                    // invalid and activation fails visibly.
+                    if let Ok(size) = u16::try_from(v) {
+                        q.set_size(size);
+                    }
+                }
+            }
+            reg::QUEUE_READY => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(v == 1);
+                }
+            }
+            reg::QUEUE_NOTIFY => {
+                if let Some(evt) = self.queue_evts.get(v as usize) {
+                    if let Err(e) = evt.write(1) {
+                        log::warn!("cannot forward a queue notification: {e}");
+                    }
+                }
+            }
+            reg::INTERRUPT_ACK => self.interrupt.ack(v),
+            reg::STATUS => self.write_status(v),
+            reg::QUEUE_DESC_LOW => self.with_queue(|q| q.set_desc_table_address(Some(v), None)),
+            reg::QUEUE_DESC_HIGH => self.with_queue(|q| q.set_desc_table_address(None, Some(v))),
+            reg::QUEUE_DRIVER_LOW => self.with_queue(|q| q.set_avail_ring_address(Some(v), None)),
+            reg::QUEUE_DRIVER_HIGH => self.with_queue(|q| q.set_avail_ring_address(None, Some(v))),
+            reg::QUEUE_DEVICE_LOW => self.with_queue(|q| q.set_used_ring_address(Some(v), None)),
+            reg::QUEUE_DEVICE_HIGH => self.with_queue(|q| q.set_used_ring_address(None, Some(v))),
+            _ => log::debug!("virtio-mmio: write to unknown register {offset:#x}"),
+        }
+    }
+
+    /// Applies `f` to the selected queue while it may still be configured (not ready).
+    fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
+        if let Some(q) = self.selected_queue() {
+            if !q.ready() {
+                f(q);
+            }
+        }
+    }
+
+    fn write_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        // The driver only ever adds bits (virtio 1.2, 3.1.1); anything else is ignored.
+        if v & self.status != self.status {
+            log::warn!(
+                "virtio-mmio: driver cleared status bits ({:#x} -> {v:#x}); ignored",
+                self.status
+            );
+            return;
+        }
+        let added = v & !self.status;
+        if added & status::FEATURES_OK != 0 {
+            let offered = self.device.features();
+            let accepted = self.driver_features;
+            if accepted & !offered != 0 || accepted & (1 << F_VERSION_1) == 0 {
+                log::warn!(
+                    "virtio-mmio: driver features {accepted:#x} not acceptable (offered {offered:#x})"
+                );
+                // FEATURES_OK stays clear; the driver reads it back and gives up.
+                self.status = v & !status::FEATURES_OK & !status::DRIVER_OK;
+                return;
+            }
+        }
+        self.status = v;
+        if added & status::DRIVER_OK != 0 && !self.active {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        if self.status & status::FEATURES_OK == 0 {
+            log::warn!("virtio-mmio: DRIVER_OK without FEATURES_OK");
+            self.interrupt.fail();
+            return;
+        }
+        let event_idx = self.driver_features & (1 << F_EVENT_IDX) != 0;
+        let mut queue_evts = Vec::with_capacity(self.queue_evts.len());
+        for evt in &self.queue_evts {
+            match evt.try_clone() {
+                Ok(e) => queue_evts.push(e),
+                Err(e) => {
+                    log::error!("virtio-mmio: cannot share a queue eventfd: {e}");
+                    self.interrupt.fail();
+                    return;
+                }
+            }
+        }
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for (i, q) in self.queues.iter_mut().enumerate() {
+            q.set_event_idx(event_idx);
+            // The device gets its own copy; the transport keeps the registers' view.
+            match Queue::try_from(q.state()) {
+                Ok(copy) => queues.push(copy),
+                Err(e) => {
+                    log::warn!("virtio-mmio: queue {i} is invalid: {e}");
+                    self.interrupt.fail();
+                    return;
+                }
+            }
+        }
+        let activation = Activation {
+            mem: self.mem.clone(),
+            queues,
+            queue_evts,
+            interrupt: self.interrupt.clone(),
+            acked_features: self.driver_features,
+        };
+        match self.device.activate(activation) {
+            Ok(()) => self.active = true,
+            Err(e) => {
+                log::warn!(
+                    "virtio-mmio: device type {} not started: {e}",
+                    self.device.device_type()
+                );
+                self.interrupt.fail();
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        if self.active {
+            self.device.reset();
+            self.active = false;
+        }
+        for q in &mut self.queues {
+            q.reset();
+        }
+        for evt in &self.queue_evts {
+            // Drop notifications from before the reset.
+            let _ = evt.read();
+        }
+        self.interrupt.reset();
+        self.status = 0;
+        self.queue_sel = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.read_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        // Registers are 32 bits wide and accessed as such (virtio 1.2, 4.2.2.2).
+        let v = if data.len() == 4 && offset % 4 == 0 {
+            self.read_reg(offset)
+        } else {
+            log::debug!(
+                "virtio-mmio: {}-byte read at {offset:#x} ignored",
+                data.len()
+            );
+            0
+        };
+        let bytes = v.to_le_bytes();
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&bytes[..n]);
+        data[n..].fill(0);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.write_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            log::debug!(
+                "virtio-mmio: {}-byte write at {offset:#x} ignored",
+                data.len()
+            );
+            return;
+        };
+        if offset % 4 != 0 {
+            return;
+        }
+        self.write_reg(offset, u32::from_le_bytes(bytes));
+    }
+}

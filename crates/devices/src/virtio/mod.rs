@@ -1,0 +1,99 @@
+//! Virtio devices and the virtio-mmio transport that presents them to the guest.
+//!
+//! The split: [`mmio::MmioTransport`] owns the register window (feature negotiation, queue
+//! setup, device status) and knows nothing of what the device does; a [`VirtioDevice`]
+//! owns the device's behaviour and configuration space and knows nothing of registers.
+//! Once the driver sets DRIVER_OK the transport hands the device its queues, the eventfds
+//! the guest's queue notifications arrive on (KVM ioeventfds) and an [`Interrupt`] to
+//! signal through (a KVM irqfd), and the device does its work on its own thread: a vCPU
+//! thread never runs device code beyond a register access.
+
+pub mod block;
+mod interrupt;
+pub mod mmio;
+
+pub use interrupt::{Interrupt, InterruptKind};
+
+use std::sync::Arc;
+use thiserror::Error;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory as devices hold it: shared with the vCPUs and the other devices.
+pub type GuestMemory = Arc<GuestMemoryMmap>;
+
+/// Virtio device type of a block device (virtio 1.2, section 5).
+pub const TYPE_BLOCK: u32 = 2;
+/// Virtio device type of a network device.
+pub const TYPE_NET: u32 = 1;
+
+/// Feature bit: the device conforms to virtio 1.x (the only mode we offer).
+pub const F_VERSION_1: u32 = 32;
+/// Feature bit: the driver may use indirect descriptor tables.
+pub const F_INDIRECT_DESC: u32 = 28;
+/// Feature bit: used/avail event indices suppress notifications and interrupts.
+pub const F_EVENT_IDX: u32 = 29;
+
+/// Device status bits (virtio 1.2, 2.1).
+pub mod status {
+    /// The guest noticed the device.
+    pub const ACKNOWLEDGE: u32 = 1;
+    /// The guest has a driver for it.
+    pub const DRIVER: u32 = 2;
+    /// The driver is ready: queues may be used.
+    pub const DRIVER_OK: u32 = 4;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u32 = 8;
+    /// The device hit an error it cannot recover from without a reset.
+    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    /// The driver gave up on the device.
+    pub const FAILED: u32 = 0x80;
+}
+
+/// Why a device could not start.
+#[derive(Debug, Error)]
+pub enum ActivateError {
+    /// The driver did not set up a queue the device needs.
+    #[error("queue {0} is not ready or not valid")]
+    QueueNotReady(usize),
+    /// The device's worker thread could not be started.
+    #[error("cannot start the device thread: {0}")]
+    Thread(std::io::Error),
+    /// The device was already started or its backend is gone.
+    #[error("device is not in a state that can be activated")]
+    BadState,
+}
+
+/// What a device receives when the driver sets DRIVER_OK.
+pub struct Activation {
+    /// Guest memory, for the descriptor rings and buffers.
+    pub mem: GuestMemory,
+    /// The queues as the driver configured them, in order.
+    pub queues: Vec<Queue>,
+    /// One eventfd per queue; readable when the guest notified that queue.
+    pub queue_evts: Vec<EventFd>,
+    /// How the device interrupts the guest.
+    pub interrupt: Arc<Interrupt>,
+    /// The features the driver accepted.
+    pub acked_features: u64,
+}
+
+/// A virtio device, independent of the transport it sits behind.
+pub trait VirtioDevice: Send {
+    /// The virtio device type.
+    fn device_type(&self) -> u32;
+    /// The largest size of each of the device's queues; its length is the queue count.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The features the device offers.
+    fn features(&self) -> u64;
+    /// Reads the device configuration space at `offset`. Bytes past its end read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device configuration space. Read-only fields ignore writes.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device with the queues the driver set up.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Stops the device (driver reset): afterwards no thread touches guest memory on its
+    /// behalf, and it can be activated again.
+    fn reset(&mut self);
+}

@@ -1,0 +1,193 @@
+"""Block-device benchmark: ember's virtio-blk against QEMU microvm's `virtio-blk-device`,
+same host, same kernel, initramfs and data file, interleaved. Registered as the `bench_blk`
+case of the e2e harness (suite `bench`), like bench_boot.
+
+Each guest gets two drives:
+  - the bench tools image (tools/guest/build-benchfs.sh: fio, its libraries and loader, and
+    tools/bench/bench_blk.sh), read-only, mounted by label at /mnt;
+  - the data drive: a raw file of DATA_MIB MiB in the case's scratch directory (the
+    emulated host's tmpfs when emulated), written through once before the first run.
+The guest runs `sh /mnt/bench_blk.sh` (see that script for the jobs: 1 MiB sequential write
+and read, 4 KiB random read, O_DIRECT through libaio, RUNTIME_S seconds each) and prints one
+`EMBER-BLK-RESULT` line per job. Both VMMs use their default cache modes: ember
+`cache_type: Writeback` (Firecracker's `Unsafe` is the other choice), QEMU's defaults
+(cache=writeback, aio=threads).
+
+The tools image comes from $EMBER_BENCHFS (tools/bench/run builds it before the run, since
+inside the emulated host the cache is read-only), else from build-benchfs.sh here. It is
+copied into the scratch directory so that no guest reads through the emulated host's 9p.
+A VMM that fails keeps its rows (with its first error) and the other VMM still runs; the
+case fails after printing the table if some VMM produced no figures at all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+from guest import VmProcess, guest_cmdline, start_ember, vm_config
+from harness import ROOT, CaseFailed, case, log
+
+RUNS = int(os.environ.get("EMBER_BENCH_RUNS", "3"))
+DATA_MIB = 256
+RUNTIME_S = 10
+MEM_MIB = 128
+# (job name in bench_blk.sh, row label, the figure from the job's result fields)
+METRICS = (
+    ("seqwrite", "seq write 1 MiB, MB/s", lambda r: r["bw_kib"] * 1024 / 1e6),
+    ("seqread", "seq read 1 MiB, MB/s", lambda r: r["bw_kib"] * 1024 / 1e6),
+    ("randread", "rand read 4 KiB, IOPS", lambda r: float(r["iops"])),
+)
+GUEST_CMD = (f"mount -o ro $(findfs LABEL=ember-bench) /mnt && "
+             f"sh /mnt/bench_blk.sh {DATA_MIB << 20} {RUNTIME_S}")
+
+
+def _tools_image(ctx) -> Path:
+    """The bench tools image, copied into the case's scratch directory."""
+    src = os.environ.get("EMBER_BENCHFS")
+    if not src:
+        res = subprocess.run([str(ROOT / "tools/guest/build-benchfs.sh")], check=True,
+                             stdout=subprocess.PIPE, text=True)
+        src = res.stdout.strip().splitlines()[-1]
+    image = Path(src) / "benchfs.ext4"
+    if not image.is_file():
+        raise CaseFailed(f"no bench tools image at {image} (run tools/guest/build-benchfs.sh)")
+    dst = ctx.work / "benchfs.ext4"
+    shutil.copyfile(image, dst)
+    return dst
+
+
+def _data_file(ctx) -> Path:
+    """The data drive's backing file, fully allocated (a 1 MiB random block repeated), so
+    that reads before the guest's first write do not hit holes."""
+    path = ctx.work / "data.raw"
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(DATA_MIB):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+def _start_ember(ctx, name: str, tools: Path, data: Path) -> VmProcess:
+    cfg = vm_config(ctx, mem_mib=MEM_MIB, mode="run", extra_args=f'ember_cmd="{GUEST_CMD}"')
+    cfg["drives"] = [
+        {"drive_id": "tools", "path_on_host": str(tools), "is_root_device": False,
+         "is_read_only": True, "cache_type": "Writeback"},
+        {"drive_id": "data", "path_on_host": str(data), "is_root_device": False,
+         "is_read_only": False, "cache_type": "Writeback"},
+    ]
+    return start_ember(ctx, cfg, name=name)
+
+
+def _start_qemu(ctx, name: str, tools: Path, data: Path) -> VmProcess:
+    """guest.start_qemu_microvm's command line plus the two drives, each on a virtio-mmio
+    transport (`virtio-blk-device`); microvm adds the transports to the kernel command line."""
+    argv = ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host",
+            "-smp", "1", "-m", f"{MEM_MIB}M", "-nodefaults", "-no-user-config",
+            "-nographic", "-no-reboot", "-serial", "stdio",
+            "-kernel", str(ctx.kernel_dir / "vmlinux"), "-initrd", str(ctx.initramfs),
+            "-append", guest_cmdline(ctx, "run", extra=f'ember_cmd="{GUEST_CMD}"', reboot="t"),
+            "-drive", f"id=tools,file={tools},format=raw,if=none,readonly=on",
+            "-device", "virtio-blk-device,drive=tools",
+            "-drive", f"id=d0,file={data},format=raw,if=none",
+            "-device", "virtio-blk-device,drive=d0"]
+    return VmProcess(name, argv, ctx.work)
+
+
+def _run_once(ctx, vmm: str, i: int, tools: Path, data: Path) -> dict:
+    """One guest running the three jobs; see _results for what it returns."""
+    start = _start_ember if vmm == "ember" else _start_qemu
+    vm = start(ctx, f"{vmm}-{i}", tools, data)
+    try:
+        m = vm.wait_for(r"EMBER-CMD-EXIT status=(\d+)", timeout=3 * RUNTIME_S + 300)
+        vm.wait_exit(timeout=120)
+        return _results(vm, m.group(1))
+    finally:
+        vm.kill()
+
+
+def _results(vm: VmProcess, status: str) -> dict:
+    """The guest's figures: {job: result fields} plus `devices` (the names the guest found
+    its drives under) and `clock`, the guest's clock over the jobs divided by ours (about 1
+    when the guest's clock is honest). Raises CaseFailed with the guest's own error line
+    when it printed one, else with the console's tail."""
+    out: dict = {}
+    starts: dict[str, tuple[int, float]] = {}
+    guest_s = host_s = 0.0
+    for line, t in zip(vm.lines, vm.line_times):
+        if "EMBER-BLK-ERROR" in line:
+            raise CaseFailed(line.strip())
+        if (d := re.search(r"EMBER-BLK-DEVICES data=(\S+) tools=(\S+)", line)):
+            out["devices"] = {"data": d.group(1), "tools": d.group(2)}
+        fields = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+        job = re.search(r"job=(\w+)", line)
+        if "EMBER-BLK-START" in line and job:
+            starts[job.group(1)] = (fields["uptime_ms"], t)
+        elif "EMBER-BLK-RESULT" in line and job and job.group(1) in starts:
+            out[job.group(1)] = fields
+            up0, t0 = starts[job.group(1)]
+            guest_s += (fields["uptime_ms"] - up0) / 1000
+            host_s += t - t0
+    missing = [j for j, _, _ in METRICS if j not in out]
+    if status != "0" or missing:
+        raise CaseFailed(f"guest command exited {status}, no result for "
+                         f"{', '.join(missing) or '-'}\n{vm.tail(15)}")
+    out["clock"] = guest_s / host_s if host_s else 0.0
+    return out
+
+
+def _stats(xs: list[float]) -> str:
+    return f"{statistics.median(xs):9.1f} {min(xs):9.1f} {max(xs):9.1f}"
+
+
+@case("bench_blk", timeout=3600, suite="bench")
+def _(ctx):
+    tools, data = _tools_image(ctx), _data_file(ctx)
+    samples: dict[str, list[dict]] = {"ember": [], "qemu": []}
+    errors: dict[str, list[str]] = {"ember": [], "qemu": []}
+    for i in range(RUNS):
+        # Alternate who goes first so drift in the host's load hits both alike.
+        for vmm in (["ember", "qemu"] if i % 2 == 0 else ["qemu", "ember"]):
+            try:
+                samples[vmm].append(_run_once(ctx, vmm, i, tools, data))
+            except Exception as e:  # one VMM's failure must not hide the other's figures
+                errors[vmm].append(str(e).strip())
+                log(f"{vmm} run {i} failed: {str(e).strip().splitlines()[0]}")
+
+    where = "emulated KVM host (QEMU TCG + nested SVM)" if ctx.emulated else "hardware KVM"
+    log(f"block benchmark, {RUNS} interleaved runs each, {where}; guest: 1 vCPU, {MEM_MIB} MiB; "
+        f"data drive: {DATA_MIB} MiB raw file in {'tmpfs' if ctx.emulated else ctx.work}; "
+        f"fio, O_DIRECT, libaio, {RUNTIME_S} s per job")
+    log(f"{'metric':40} {'median':>9} {'min':>9} {'max':>9}")
+    ratios = {}
+    for job, label, figure in METRICS:
+        for vmm in ("ember", "qemu"):
+            name = "ember" if vmm == "ember" else "qemu microvm"
+            xs = [figure(s[job]) for s in samples[vmm]]
+            row = _stats(xs) if xs else "error: " + errors[vmm][0].splitlines()[0]
+            log(f"{name + ': ' + label:40} {row}")
+        if samples["ember"] and samples["qemu"]:
+            ratios[job] = (statistics.median(figure(s[job]) for s in samples["ember"]) /
+                           statistics.median(figure(s[job]) for s in samples["qemu"]))
+    if ratios:
+        log("ember/qemu medians (higher is better for ember): " +
+            ", ".join(f"{job} {r:.2f}x" for job, r in ratios.items()))
+    for vmm in ("ember", "qemu"):
+        if samples[vmm]:
+            clocks = [s["clock"] for s in samples[vmm]]
+            log(f"{vmm}: guest clock / host clock over the jobs {min(clocks):.2f}-"
+                f"{max(clocks):.2f}; drives seen as {samples[vmm][0]['devices']}")
+        if errors[vmm]:
+            log(f"{vmm}: {len(errors[vmm])} of {RUNS} runs failed; first error:")
+            for line in errors[vmm][0].splitlines():
+                log(f"  | {line}")
+    ctx.data(samples=samples, errors=errors, ratios=ratios)
+    if not samples["ember"] or not samples["qemu"]:
+        raise CaseFailed("no figures for " +
+                         " and ".join(v for v in ("ember", "qemu") if not samples[v]))
