@@ -227,7 +227,8 @@ def _(ctx):
     locked = sparse_file(ctx.work / "locked.img", MIB)
     cases = [
         (drive("d", ctx.work / "missing.img"), "No such file"),
-        (drive("d", ctx.work), "not a regular file"),
+        (drive("d", ctx.work), "Is a directory"),
+        (drive("d", ctx.work, ro=True), "not a regular file"),
         (drive("d", odd), "not a multiple of 512"),
         (drive("d", "/dev/null"), "not a regular file or block device"),
     ]

@@ -3,13 +3,14 @@ same host, same kernel, initramfs and data file, interleaved. Registered as the 
 case of the e2e harness (suite `bench`), like bench_boot.
 
 Each guest gets two drives:
-  - the bench tools image (tools/guest/build-benchfs.sh: fio, its libraries and loader, and
-    tools/bench/bench_blk.sh), read-only, mounted by label at /mnt;
+  - the bench tools image (tools/guest/build-benchfs.sh: blkbench, a static fio-like load
+    from tools/bench/blkbench.c, and tools/bench/bench_blk.sh), read-only, mounted by label
+    at /mnt;
   - the data drive: a raw file of DATA_MIB MiB in the case's scratch directory (the
     emulated host's tmpfs when emulated), written through once before the first run.
 The guest runs `sh /mnt/bench_blk.sh` (see that script for the jobs: 1 MiB sequential write
-and read, 4 KiB random read, O_DIRECT through libaio, RUNTIME_S seconds each) and prints one
-`EMBER-BLK-RESULT` line per job. Both VMMs use their default cache modes: ember
+and read, 4 KiB random read, O_DIRECT with native AIO, RUNTIME_S seconds each) and prints
+one `EMBER-BLK-RESULT` line per job. Both VMMs use their default cache modes: ember
 `cache_type: Writeback` (Firecracker's `Unsafe` is the other choice), QEMU's defaults
 (cache=writeback, aio=threads).
 
@@ -38,9 +39,9 @@ RUNTIME_S = 10
 MEM_MIB = 128
 # (job name in bench_blk.sh, row label, the figure from the job's result fields)
 METRICS = (
-    ("seqwrite", "seq write 1 MiB, MB/s", lambda r: r["bw_kib"] * 1024 / 1e6),
-    ("seqread", "seq read 1 MiB, MB/s", lambda r: r["bw_kib"] * 1024 / 1e6),
-    ("randread", "rand read 4 KiB, IOPS", lambda r: float(r["iops"])),
+    ("seqwrite", "seq write 1 MiB QD4, MB/s", lambda r: r["bytes"] / r["usecs"]),
+    ("seqread", "seq read 1 MiB QD4, MB/s", lambda r: r["bytes"] / r["usecs"]),
+    ("randread", "rand read 4 KiB QD16, IOPS", lambda r: r["ios"] * 1e6 / r["usecs"]),
 )
 GUEST_CMD = (f"mount -o ro $(findfs LABEL=ember-bench) /mnt && "
              f"sh /mnt/bench_blk.sh {DATA_MIB << 20} {RUNTIME_S}")
@@ -163,7 +164,7 @@ def _(ctx):
     where = "emulated KVM host (QEMU TCG + nested SVM)" if ctx.emulated else "hardware KVM"
     log(f"block benchmark, {RUNS} interleaved runs each, {where}; guest: 1 vCPU, {MEM_MIB} MiB; "
         f"data drive: {DATA_MIB} MiB raw file in {'tmpfs' if ctx.emulated else ctx.work}; "
-        f"fio, O_DIRECT, libaio, {RUNTIME_S} s per job")
+        f"O_DIRECT, native AIO, {RUNTIME_S} s per job")
     log(f"{'metric':40} {'median':>9} {'min':>9} {'max':>9}")
     ratios = {}
     for job, label, figure in METRICS:

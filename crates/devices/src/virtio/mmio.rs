@@ -322,7 +322,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         // Registers are 32 bits wide and accessed as such (virtio 1.2, 4.2.2.2).
-        let v = if data.len() == 4 && offset % 4 == 0 {
+        let v = if data.len() == 4 && offset.is_multiple_of(4) {
             self.read_reg(offset)
         } else {
             log::debug!(
@@ -349,9 +349,210 @@ impl BusDevice for MmioTransport {
             );
             return;
         };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return;
         }
         self.write_reg(offset, u32::from_le_bytes(bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::{ActivateError, TYPE_BLOCK};
+    use std::sync::Mutex;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    #[derive(Default)]
+    struct Record {
+        activations: usize,
+        resets: usize,
+        acked: u64,
+    }
+
+    struct FakeDevice {
+        record: Arc<Mutex<Record>>,
+        sizes: [u16; 1],
+    }
+
+    impl VirtioDevice for FakeDevice {
+        fn device_type(&self) -> u32 {
+            TYPE_BLOCK
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &self.sizes
+        }
+        fn features(&self) -> u64 {
+            1 << F_VERSION_1 | 1 << F_EVENT_IDX | 1 << 5
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = (offset as u8).wrapping_add(i as u8);
+            }
+        }
+        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+            let mut r = self.record.lock().unwrap();
+            r.activations += 1;
+            r.acked = a.acked_features;
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.record.lock().unwrap().resets += 1;
+        }
+    }
+
+    fn transport() -> (MmioTransport, Arc<Mutex<Record>>) {
+        let mem =
+            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+        let record = Arc::new(Mutex::new(Record::default()));
+        let dev = FakeDevice {
+            record: record.clone(),
+            sizes: [16],
+        };
+        let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        (MmioTransport::new(Box::new(dev), mem, irq).unwrap(), record)
+    }
+
+    fn rd(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn wr(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    fn negotiate(t: &mut MmioTransport, features: u64) -> u32 {
+        wr(t, reg::STATUS, status::ACKNOWLEDGE);
+        wr(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        wr(t, reg::DRIVER_FEATURES_SEL, 0);
+        wr(t, reg::DRIVER_FEATURES, features as u32);
+        wr(t, reg::DRIVER_FEATURES_SEL, 1);
+        wr(t, reg::DRIVER_FEATURES, (features >> 32) as u32);
+        wr(
+            t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        rd(t, reg::STATUS)
+    }
+
+    fn setup_queue(t: &mut MmioTransport) {
+        wr(t, reg::QUEUE_SEL, 0);
+        assert_eq!(rd(t, reg::QUEUE_NUM_MAX), 16);
+        wr(t, reg::QUEUE_NUM, 16);
+        wr(t, reg::QUEUE_DESC_LOW, 0x1000);
+        wr(t, reg::QUEUE_DESC_HIGH, 0);
+        wr(t, reg::QUEUE_DRIVER_LOW, 0x2000);
+        wr(t, reg::QUEUE_DRIVER_HIGH, 0);
+        wr(t, reg::QUEUE_DEVICE_LOW, 0x3000);
+        wr(t, reg::QUEUE_DEVICE_HIGH, 0);
+        wr(t, reg::QUEUE_READY, 1);
+    }
+
+    #[test]
+    fn identity_registers() {
+        let (mut t, _) = transport();
+        assert_eq!(rd(&mut t, reg::MAGIC), 0x7472_6976);
+        assert_eq!(rd(&mut t, reg::VERSION), 2);
+        assert_eq!(rd(&mut t, reg::DEVICE_ID), TYPE_BLOCK);
+        wr(&mut t, reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 1);
+        wr(&mut t, reg::DEVICE_FEATURES_SEL, 0);
+        assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 1 << F_EVENT_IDX | 1 << 5);
+        assert_eq!(rd(&mut t, reg::SHM_LEN_LOW), u32::MAX);
+        // Odd-sized register accesses read as zero and change nothing.
+        let mut b = [0xffu8; 2];
+        t.read(reg::MAGIC, &mut b);
+        assert_eq!(b, [0, 0]);
+        t.write(reg::STATUS, &[1, 0]);
+        assert_eq!(rd(&mut t, reg::STATUS), 0);
+        // Config space passes through, at any width.
+        let mut c = [0u8; 3];
+        t.read(CONFIG_SPACE + 5, &mut c);
+        assert_eq!(c, [5, 6, 7]);
+    }
+
+    #[test]
+    fn feature_negotiation_refuses_what_was_not_offered() {
+        let (mut t, _) = transport();
+        // A feature the device did not offer.
+        let s = negotiate(&mut t, 1 << F_VERSION_1 | 1 << 7);
+        assert_eq!(s & status::FEATURES_OK, 0);
+        wr(&mut t, reg::STATUS, 0);
+        // A legacy driver (no VERSION_1).
+        let s = negotiate(&mut t, 1 << 5);
+        assert_eq!(s & status::FEATURES_OK, 0);
+        wr(&mut t, reg::STATUS, 0);
+        let s = negotiate(&mut t, 1 << F_VERSION_1 | 1 << 5);
+        assert_ne!(s & status::FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn driver_ok_activates_and_reset_stops() {
+        let (mut t, rec) = transport();
+        negotiate(&mut t, 1 << F_VERSION_1 | 1 << F_EVENT_IDX);
+        setup_queue(&mut t);
+        wr(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
+        assert_eq!(rec.lock().unwrap().activations, 1);
+        assert_eq!(
+            rec.lock().unwrap().acked,
+            1 << F_VERSION_1 | 1 << F_EVENT_IDX
+        );
+        // Queue registers are frozen while the device runs.
+        wr(&mut t, reg::QUEUE_READY, 0);
+        assert_eq!(rd(&mut t, reg::QUEUE_READY), 1);
+        // A notify that did not go through an ioeventfd still reaches the queue's eventfd.
+        wr(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert_eq!(t.queue_evts()[0].read().unwrap(), 1);
+        wr(&mut t, reg::QUEUE_NOTIFY, 7); // no such queue: ignored
+        wr(&mut t, reg::STATUS, 0);
+        assert_eq!(rec.lock().unwrap().resets, 1);
+        assert_eq!(rd(&mut t, reg::STATUS), 0);
+        assert_eq!(rd(&mut t, reg::QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn driver_ok_without_features_ok_fails_the_device() {
+        let (mut t, rec) = transport();
+        wr(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        wr(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+        );
+        assert_eq!(rec.lock().unwrap().activations, 0);
+        assert_ne!(rd(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), InterruptKindBits::CONFIG);
+        wr(&mut t, reg::INTERRUPT_ACK, InterruptKindBits::CONFIG);
+        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), 0);
+        wr(&mut t, reg::STATUS, 0);
+        assert_eq!(rd(&mut t, reg::STATUS), 0);
+    }
+
+    #[test]
+    fn bad_queue_sizes_are_not_accepted() {
+        let (mut t, _) = transport();
+        negotiate(&mut t, 1 << F_VERSION_1);
+        wr(&mut t, reg::QUEUE_SEL, 0);
+        for bad in [0u32, 3, 32, 1 << 16] {
+            wr(&mut t, reg::QUEUE_NUM, bad);
+        }
+        // Selecting a queue that does not exist reads as absent.
+        wr(&mut t, reg::QUEUE_SEL, 9);
+        assert_eq!(rd(&mut t, reg::QUEUE_NUM_MAX), 0);
+        wr(&mut t, reg::QUEUE_NUM, 8);
+        wr(&mut t, reg::QUEUE_READY, 1);
+    }
+
+    struct InterruptKindBits;
+    impl InterruptKindBits {
+        const CONFIG: u32 = crate::virtio::InterruptKind::Config as u32;
     }
 }

@@ -244,7 +244,7 @@ pub fn parse(
     };
     let data_len = total(&data);
     if matches!(kind, RequestKind::In | RequestKind::Out) {
-        if data_len == 0 || data_len % SECTOR_SIZE != 0 {
+        if data_len == 0 || !data_len.is_multiple_of(SECTOR_SIZE) {
             return Err(RequestError::BadLength(data_len));
         }
         let in_range = sector
