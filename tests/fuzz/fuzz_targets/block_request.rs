@@ -19,7 +19,7 @@ const DESC: u64 = 0x0;
 const AVAIL: u64 = 0x100;
 const USED: u64 = 0x200;
 
-fn disk() -> &'static File {
+fn disk_file() -> &'static File {
     static DISK: OnceLock<File> = OnceLock::new();
     DISK.get_or_init(|| {
         // SAFETY: valid NUL-terminated name; the new fd is owned by the File.
@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
 
     let read_only = flags & 1 != 0;
     let cache = if flags & 2 != 0 { CacheType::Writeback } else { CacheType::Unsafe };
-    let file = disk().try_clone().unwrap();
+    let file = disk_file().try_clone().unwrap();
     let disk = DiskFile::from_file(file, read_only, cache).unwrap();
     let handler = RequestHandler::new(disk, "fuzz", Arc::new(BlockCounters::default()));
 
@@ -59,5 +59,5 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
     }
-    assert_eq!(disk().metadata().unwrap().len(), DISK_SIZE);
+    assert_eq!(disk_file().metadata().unwrap().len(), DISK_SIZE);
 });
