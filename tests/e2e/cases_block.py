@@ -134,23 +134,32 @@ def _(ctx):
 
 
 def write_and_hash_cmd(devs: list[str], size_mib: int) -> str:
-    """Guest shell: write size_mib MiB of random data to each device in parallel, hashing
-    the stream as it goes, then sync and print one DATA-HASH line per device."""
-    parts = []
-    for dev in devs:
-        parts.append(f"(head -c {size_mib * MIB} /dev/urandom | tee /dev/{dev} | sha256sum "
-                     f"> /tmp/{dev}.sum) &")
-    return " ".join(parts) + " wait; sync; " + " ".join(
-        f"echo DATA-HASH {dev} $(cut -d' ' -f1 /tmp/{dev}.sum);" for dev in devs)
+    """Guest shell: for each device in parallel, make size_mib MiB of random data in tmpfs,
+    hash it (SRC-HASH) and write it to the device in 1 MiB blocks with fsync; then drop the
+    guest's page cache and hash each device as read back from it (DATA-HASH)."""
+    make = " ".join(f"(dd if=/dev/urandom of=/tmp/{d} bs=1M count={size_mib} 2>/dev/null && "
+                    f"sha256sum /tmp/{d} > /tmp/{d}.src && "
+                    f"dd if=/tmp/{d} of=/dev/{d} bs=1M conv=fsync 2>/dev/null && rm /tmp/{d}) &"
+                    for d in devs)
+    hash_ = " ".join(f"sha256sum /dev/{d} > /tmp/{d}.sum & " for d in devs)
+    show = " ".join(f"echo SRC-HASH {d} $(cut -d' ' -f1 /tmp/{d}.src); "
+                    f"echo DATA-HASH {d} $(cut -d' ' -f1 /tmp/{d}.sum);" for d in devs)
+    return f"{make} wait; sync; echo 3 > /proc/sys/vm/drop_caches; {hash_} wait; {show}"
 
 
 def check_hashes(vm, files: dict[str, object]):
+    """The data the guest generated, the data it read back from the device and the host
+    file must all hash the same."""
+    out = "\n".join(vm.lines)
     for dev, path in files.items():
-        m = re.search(rf"DATA-HASH {dev} ([0-9a-f]{{64}})", "\n".join(vm.lines))
-        expect(m is not None, f"no hash from the guest for {dev}\n{vm.tail()}")
+        src = re.search(rf"SRC-HASH {dev} ([0-9a-f]{{64}})", out)
+        back = re.search(rf"DATA-HASH {dev} ([0-9a-f]{{64}})", out)
+        expect(src is not None and back is not None, f"no hashes from the guest for {dev}\n{vm.tail()}")
         host = sha256_file(path)
-        expect(m.group(1) == host,
-               f"{dev}: guest wrote data hashing {m.group(1)}, host file hashes {host}")
+        expect(src.group(1) == host,
+               f"{dev}: guest wrote data hashing {src.group(1)}, host file hashes {host}")
+        expect(back.group(1) == host,
+               f"{dev}: guest read back data hashing {back.group(1)}, host file hashes {host}")
 
 
 @case("block_64mib_guest_write_matches_host_file")
@@ -179,12 +188,13 @@ def _(ctx):
     cmd = ("if dd if=/dev/zero of=/dev/vda bs=4096 count=1 conv=fsync 2>/dev/null; "
            "then echo RO-WRITE succeeded; else echo RO-WRITE failed; fi; "
            "echo RO-READ $(sha256sum /dev/vda | cut -d' ' -f1); "
-           "echo RO-FLAG $(cat /sys/block/vda/ro)")
-    vm = run_cmd_vm(ctx, cmd, [drive("ro", ro, ro=True)], name="readonly")
+           "echo RO-FLAG $(cat /sys/block/vda/ro); echo RO-SERIAL $(cat /sys/block/vda/serial)")
+    vm = run_cmd_vm(ctx, cmd, [drive("ro_drive_7", ro, ro=True)], name="readonly")
     out = "\n".join(vm.lines)
     expect("RO-WRITE failed" in out, f"the guest's write to a read-only drive succeeded\n{vm.tail()}")
     expect(f"RO-READ {before}" in out, f"guest read different data than the file\n{vm.tail()}")
     expect("RO-FLAG 1" in out, f"guest does not see the drive as read-only\n{vm.tail()}")
+    expect("RO-SERIAL ro_drive_7" in out, f"guest does not read the drive id as serial\n{vm.tail()}")
     expect(sha256_file(ro) == before, "the read-only drive's file changed")
 
 
