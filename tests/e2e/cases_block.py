@@ -168,6 +168,7 @@ def _(ctx):
     cmd = write_and_hash_cmd(["vda"], 64)
     vm = run_cmd_vm(ctx, cmd, [drive("data0", data)], name="write64")
     check_hashes(vm, {"vda": data})
+    os.unlink(data)  # scratch is the emulated host's RAM
 
 
 @case("block_three_drives_two_vcpus_parallel_writes")
@@ -177,6 +178,8 @@ def _(ctx):
     vm = run_cmd_vm(ctx, write_and_hash_cmd(list(files), 64), drives, name="parallel",
                     vcpus=2, mem_mib=512)
     check_hashes(vm, files)
+    for path in files.values():
+        os.unlink(path)
 
 
 @case("block_read_only_drive_refuses_writes")

@@ -13,7 +13,7 @@
  * Time is CLOCK_MONOTONIC, from the first submission to the last completion (requests in
  * flight when time is up are waited for and counted). Prints one line:
  *   bytes=N ios=N usecs=N
- * Exit status 1, with a message on stderr, on any error or short transfer.
+ * Exit status 1, with a message on stderr, on any error or short transfer; 2 on bad usage.
  * The buffers hold a pseudo-random pattern, so writes are not all zeros.
  */
 #define _GNU_SOURCE
@@ -77,8 +77,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   const char *mode = argv[1];
-  int writing = strcmp(mode, "write") == 0, random = strcmp(mode, "randread") == 0;
-  if (!writing && !random && strcmp(mode, "read") != 0) {
+  int writing = strcmp(mode, "write") == 0, randomly = strcmp(mode, "randread") == 0;
+  if (!writing && !randomly && strcmp(mode, "read") != 0) {
     fprintf(stderr, "blkbench: unknown mode %s\n", mode);
     return 2;
   }
@@ -90,7 +90,7 @@ int main(int argc, char **argv) {
     return 2;
   }
 
-  struct job j = {.writing = writing, .random = random, .bs = bs,
+  struct job j = {.writing = writing, .random = randomly, .bs = bs,
                   .rng = 0x2545f4914f6cdd1dull};
   j.fd = open(argv[5], (writing ? O_WRONLY : O_RDONLY) | O_DIRECT);
   if (j.fd < 0) die(argv[5]);
