@@ -14,6 +14,7 @@ use arch::layout::CMDLINE_MAX_SIZE;
 use devices::i8042::{I8042, I8042_LEN, I8042_PORT};
 use devices::serial::{SerialDevice, COM1_IRQ, COM1_LEN, COM1_PORT};
 use devices::virtio::block::{Block, DiskError, DiskFile};
+use devices::virtio::net::{Net, NetConfig, Tap, TapError};
 use devices::{Bus, BusError};
 use linux_loader::cmdline::Cmdline;
 use std::fs::{File, OpenOptions};
@@ -50,6 +51,14 @@ pub enum BuildError {
         path: PathBuf,
         /// What is wrong with it.
         source: DiskError,
+    },
+    /// A network interface's tap cannot be used.
+    #[error("network interface {id:?}: {source}")]
+    Tap {
+        /// The interface id.
+        id: String,
+        /// What is wrong.
+        source: TapError,
     },
     /// A device could not be attached.
     #[error(transparent)]
@@ -150,6 +159,16 @@ pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildErr
         .insert_str(&res.boot_args)
         .map_err(BuildError::Cmdline)?;
     let disks = open_drives(&res.drives)?;
+    let taps = res
+        .net
+        .iter()
+        .map(|n| {
+            Tap::open(&n.tap).map_err(|source| BuildError::Tap {
+                id: n.id.clone(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if let Some(root) = res.drives.first().filter(|d| d.is_root) {
         cmdline
             .insert_str(drive_config::root_args(root))
@@ -189,6 +208,20 @@ pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildErr
             &mut mmio,
             &mut cmdline,
             Box::new(Block::new(&spec.id, disk)),
+        )?;
+    }
+    for (spec, tap) in res.net.iter().zip(taps) {
+        let cfg = NetConfig {
+            id: spec.id.clone(),
+            mac: spec.mac,
+            mtu: spec.mtu,
+        };
+        device_manager.attach(
+            &vm,
+            &guest_mem,
+            &mut mmio,
+            &mut cmdline,
+            Box::new(Net::new(&cfg, tap)),
         )?;
     }
     let mmio = Arc::new(mmio);

@@ -3,6 +3,7 @@
 //! validated into a [`VmResources`] the builder can trust.
 
 use crate::drive_config::{self, DriveConfig, DriveConfigError, DriveSpec};
+use crate::net_config::{self, NetConfigError, NetSpec, NetworkInterfaceConfig};
 use serde::Deserialize;
 use std::path::PathBuf;
 use thiserror::Error;
@@ -43,6 +44,9 @@ pub enum ConfigError {
     /// A drive is invalid.
     #[error(transparent)]
     Drive(#[from] DriveConfigError),
+    /// A network interface is invalid.
+    #[error(transparent)]
+    Net(#[from] NetConfigError),
     /// `kernel_image_path` is empty.
     #[error("boot-source: kernel_image_path must not be empty")]
     EmptyKernelPath,
@@ -119,7 +123,7 @@ struct ConfigFile {
     // Keys of Firecracker's format that this build does not implement: accepted only when
     // empty, so a configuration never silently loses a device it asked for.
     #[serde(rename = "network-interfaces", default)]
-    network_interfaces: Option<Vec<serde_json::Value>>,
+    network_interfaces: Vec<NetworkInterfaceConfig>,
     #[serde(default)]
     logger: Option<serde_json::Value>,
     #[serde(default)]
@@ -153,6 +157,8 @@ pub struct VmResources {
     pub serial_out_path: Option<PathBuf>,
     /// Block devices, in attachment order (the root drive first).
     pub drives: Vec<DriveSpec>,
+    /// Network interfaces, in attachment order.
+    pub net: Vec<NetSpec>,
 }
 
 /// Escapes control characters (a field name may contain a newline) so an error stays one line.
@@ -180,16 +186,6 @@ fn refuse_if_set(key: &str, value: &Option<serde_json::Value>) -> Result<(), Con
     match value {
         None | Some(serde_json::Value::Null) => Ok(()),
         Some(_) => Err(ConfigError::Unsupported(format!("the `{key}` section"))),
-    }
-}
-
-fn refuse_if_nonempty(
-    key: &str,
-    value: &Option<Vec<serde_json::Value>>,
-) -> Result<(), ConfigError> {
-    match value {
-        Some(v) if !v.is_empty() => Err(ConfigError::Unsupported(format!("`{key}`"))),
-        _ => Ok(()),
     }
 }
 
@@ -232,7 +228,7 @@ pub fn parse(text: &str) -> Result<VmResources, ConfigError> {
         message: printable(&e.into_inner().to_string()),
     })?;
     let drives = drive_config::validate_drives(&file.drives)?;
-    refuse_if_nonempty("network-interfaces", &file.network_interfaces)?;
+    let net = net_config::validate_interfaces(&file.network_interfaces)?;
     refuse_if_set("logger", &file.logger)?;
     refuse_if_set("metrics", &file.metrics)?;
     refuse_if_set("vsock", &file.vsock)?;
@@ -262,6 +258,7 @@ pub fn parse(text: &str) -> Result<VmResources, ConfigError> {
             .and_then(|s| s.serial_out_path)
             .map(PathBuf::from),
         drives,
+        net,
     })
 }
 

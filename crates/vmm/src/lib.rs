@@ -14,6 +14,7 @@ pub mod device_manager;
 pub mod drive_config;
 pub mod event_loop;
 pub mod memory;
+pub mod net_config;
 pub mod vstate;
 
 pub use builder::{build_and_run, BuildError, RunOptions};

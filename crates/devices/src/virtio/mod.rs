@@ -11,6 +11,7 @@
 pub mod block;
 mod interrupt;
 pub mod mmio;
+pub mod net;
 
 pub use interrupt::{Interrupt, InterruptKind};
 

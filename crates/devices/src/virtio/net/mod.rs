@@ -1,0 +1,352 @@
+//! virtio-net on a Linux tap: one receive and one transmit queue, checksum and TSO
+//! offloads in both directions, mergeable receive buffers, served by one thread per device.
+
+pub mod engine;
+pub mod tap;
+
+pub use engine::NetCounters;
+pub use tap::{Tap, TapError};
+
+use super::{
+    ActivateError, Activation, Interrupt, VirtioDevice, F_EVENT_IDX, F_VERSION_1, TYPE_NET,
+};
+use engine::{Engine, RxState, TxState};
+use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Feature bits (virtio 1.2, 5.1.3).
+pub mod features {
+    /// The device takes frames with partial checksums.
+    pub const CSUM: u32 = 0;
+    /// The driver takes frames with partial checksums.
+    pub const GUEST_CSUM: u32 = 1;
+    /// `mtu` in the configuration space is valid.
+    pub const MTU: u32 = 3;
+    /// `mac` in the configuration space is valid.
+    pub const MAC: u32 = 5;
+    /// The driver takes TCPv4 segments larger than the MTU.
+    pub const GUEST_TSO4: u32 = 7;
+    /// The driver takes TCPv6 segments larger than the MTU.
+    pub const GUEST_TSO6: u32 = 8;
+    /// The device takes TCPv4 segments larger than the MTU.
+    pub const HOST_TSO4: u32 = 11;
+    /// The device takes TCPv6 segments larger than the MTU.
+    pub const HOST_TSO6: u32 = 12;
+    /// The driver can merge receive buffers.
+    pub const MRG_RXBUF: u32 = 15;
+    /// `status` in the configuration space is valid.
+    pub const STATUS: u32 = 16;
+}
+
+const QUEUE_SIZE: u16 = 256;
+const RX: usize = 0;
+const TX: usize = 1;
+/// Configuration space: mac[6], status, max_virtqueue_pairs, mtu.
+const CONFIG_LEN: usize = 12;
+const STATUS_LINK_UP: u16 = 1;
+
+/// A virtio-net device's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Interface id.
+    pub id: String,
+    /// The guest's MAC address; the guest picks a random one when absent.
+    pub mac: Option<[u8; 6]>,
+    /// MTU announced to the guest.
+    pub mtu: Option<u16>,
+}
+
+struct Running {
+    thread: JoinHandle<Tap>,
+    stop: EventFd,
+}
+
+/// A virtio-net device.
+pub struct Net {
+    id: String,
+    tap: Option<Tap>,
+    running: Option<Running>,
+    features: u64,
+    config: [u8; CONFIG_LEN],
+    queue_sizes: [u16; 2],
+    counters: Arc<NetCounters>,
+}
+
+impl Net {
+    /// A device on `tap`.
+    pub fn new(cfg: &NetConfig, tap: Tap) -> Self {
+        use features::*;
+        let mut features = 1u64 << F_VERSION_1
+            | 1 << F_EVENT_IDX
+            | 1 << CSUM
+            | 1 << GUEST_CSUM
+            | 1 << GUEST_TSO4
+            | 1 << GUEST_TSO6
+            | 1 << HOST_TSO4
+            | 1 << HOST_TSO6
+            | 1 << MRG_RXBUF
+            | 1 << STATUS;
+        let mut config = [0u8; CONFIG_LEN];
+        if let Some(mac) = cfg.mac {
+            features |= 1 << MAC;
+            config[0..6].copy_from_slice(&mac);
+        }
+        config[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
+        config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        if let Some(mtu) = cfg.mtu {
+            features |= 1 << MTU;
+            config[10..12].copy_from_slice(&mtu.to_le_bytes());
+        }
+        Self {
+            id: cfg.id.clone(),
+            tap: Some(tap),
+            running: None,
+            features,
+            config,
+            queue_sizes: [QUEUE_SIZE, QUEUE_SIZE],
+            counters: Arc::new(NetCounters::default()),
+        }
+    }
+
+    /// The device's counters.
+    pub fn counters(&self) -> Arc<NetCounters> {
+        self.counters.clone()
+    }
+}
+
+/// The offloads the tap may use towards a guest that accepted `acked` features.
+fn tap_offloads(acked: u64) -> u32 {
+    use features::*;
+    let has = |bit: u32| acked & (1 << bit) != 0;
+    let mut flags = 0;
+    if has(GUEST_CSUM) {
+        flags |= tap::TUN_F_CSUM;
+        if has(GUEST_TSO4) {
+            flags |= tap::TUN_F_TSO4;
+        }
+        if has(GUEST_TSO6) {
+            flags |= tap::TUN_F_TSO6;
+        }
+    }
+    flags
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if start >= CONFIG_LEN {
+            return;
+        }
+        let n = data.len().min(CONFIG_LEN - start);
+        data[..n].copy_from_slice(&self.config[start..start + n]);
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        // The MAC is writable only with the legacy interface; modern drivers use the
+        // control queue, which is not offered.
+        log::debug!("net {}: config write at {offset:#x} ignored", self.id);
+    }
+
+    fn activate(&mut self, mut a: Activation) -> Result<(), ActivateError> {
+        if self.running.is_some() || a.queues.len() != 2 || a.queue_evts.len() != 2 {
+            return Err(ActivateError::BadState);
+        }
+        for (i, q) in a.queues.iter().enumerate() {
+            if !virtio_queue::QueueT::is_valid(q, a.mem.as_ref()) {
+                return Err(ActivateError::QueueNotReady(i));
+            }
+        }
+        let tap = self.tap.take().ok_or(ActivateError::BadState)?;
+        if let Err(e) = tap.set_offload(tap_offloads(a.acked_features)) {
+            log::warn!("net {}: {e}", self.id);
+        }
+        let tx = a.queues.pop().ok_or(ActivateError::QueueNotReady(TX))?;
+        let rx = a.queues.pop().ok_or(ActivateError::QueueNotReady(RX))?;
+        let tx_evt = a.queue_evts.pop().ok_or(ActivateError::QueueNotReady(TX))?;
+        let rx_evt = a.queue_evts.pop().ok_or(ActivateError::QueueNotReady(RX))?;
+        let mergeable = a.acked_features & (1 << features::MRG_RXBUF) != 0;
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Thread)?;
+        let worker = Worker {
+            engine: Engine::new(tap, rx, tx, mergeable, self.counters.clone()),
+            mem: a.mem,
+            interrupt: a.interrupt,
+            rx_evt,
+            tx_evt,
+            stop: stop.try_clone().map_err(ActivateError::Thread)?,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("net-{}", self.id))
+            .spawn(move || worker.run())
+            .map_err(ActivateError::Thread)?;
+        self.running = Some(Running { thread, stop });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        if let Err(e) = running.stop.write(1) {
+            log::error!("net {}: cannot stop its worker: {e}", self.id);
+            return;
+        }
+        match running.thread.join() {
+            Ok(tap) => self.tap = Some(tap),
+            Err(_) => log::error!("net {}: worker thread died; device unusable", self.id),
+        }
+    }
+}
+
+struct Worker {
+    engine: Engine<Tap>,
+    mem: Arc<GuestMemoryMmap>,
+    interrupt: Arc<Interrupt>,
+    rx_evt: EventFd,
+    tx_evt: EventFd,
+    stop: EventFd,
+}
+
+const EV_TAP: u64 = 0;
+const EV_RX: u64 = 1;
+const EV_TX: u64 = 2;
+const EV_STOP: u64 = 3;
+
+impl Worker {
+    fn run(mut self) -> Tap {
+        if let Err(e) = self.serve() {
+            log::error!("net: {e}; the device needs a reset");
+            self.interrupt.fail();
+            // Wait for the reset that takes the tap back.
+            loop {
+                let mut fds = [libc::pollfd {
+                    fd: self.stop.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
+                // SAFETY: one valid pollfd that lives across the call.
+                if unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) } > 0 {
+                    break;
+                }
+            }
+        }
+        self.engine.into_io()
+    }
+
+    /// The event loop; returns `Ok` on stop, `Err` when the queues are broken.
+    fn serve(&mut self) -> Result<(), String> {
+        let epoll = Epoll::new().map_err(|e| format!("epoll: {e}"))?;
+        let tap_fd = self.engine.io().fd();
+        let add = |fd: i32, data: u64, events: EventSet| {
+            epoll
+                .ctl(ControlOperation::Add, fd, EpollEvent::new(events, data))
+                .map_err(|e| format!("epoll add: {e}"))
+        };
+        add(tap_fd, EV_TAP, EventSet::IN)?;
+        add(self.rx_evt.as_raw_fd(), EV_RX, EventSet::IN)?;
+        add(self.tx_evt.as_raw_fd(), EV_TX, EventSet::IN)?;
+        add(self.stop.as_raw_fd(), EV_STOP, EventSet::IN)?;
+        // What the tap is polled for: input unless a frame waits for buffers, output while
+        // the tap refuses frames.
+        let mut want_in = true;
+        let mut want_out = false;
+        let mut events = vec![EpollEvent::default(); 4];
+        // Buffers posted before activation are served at once.
+        let mut do_rx = true;
+        let mut do_tx = true;
+        loop {
+            if do_tx {
+                let (state, irq) = self
+                    .engine
+                    .process_tx(&self.mem)
+                    .map_err(|e| e.to_string())?;
+                want_out = state == TxState::TapFull;
+                if irq {
+                    self.interrupt.trigger(super::InterruptKind::Vring);
+                }
+            }
+            if do_rx {
+                let (state, irq) = self
+                    .engine
+                    .process_rx(&self.mem)
+                    .map_err(|e| e.to_string())?;
+                want_in = state == RxState::TapEmpty;
+                if state == RxState::TapGone {
+                    log::warn!("net: the tap stopped working; no more frames will be received");
+                }
+                if irq {
+                    self.interrupt.trigger(super::InterruptKind::Vring);
+                }
+            }
+            let mut set = EventSet::empty();
+            if want_in {
+                set |= EventSet::IN;
+            }
+            if want_out {
+                set |= EventSet::OUT;
+            }
+            epoll
+                .ctl(
+                    ControlOperation::Modify,
+                    tap_fd,
+                    EpollEvent::new(set, EV_TAP),
+                )
+                .map_err(|e| format!("epoll modify: {e}"))?;
+            do_rx = false;
+            do_tx = false;
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("epoll wait: {e}")),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    EV_STOP => {
+                        let _ = self.stop.read();
+                        return Ok(());
+                    }
+                    EV_RX => {
+                        let _ = self.rx_evt.read();
+                        do_rx = true;
+                    }
+                    EV_TX => {
+                        let _ = self.tx_evt.read();
+                        do_tx = true;
+                    }
+                    _ => {
+                        if ev.event_set().contains(EventSet::OUT) {
+                            do_tx = true;
+                        }
+                        if ev
+                            .event_set()
+                            .intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP)
+                        {
+                            do_rx = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

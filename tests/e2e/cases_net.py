@@ -1,0 +1,83 @@
+"""Network cases (issue 4): guests on taps inside network namespaces the test creates and
+removes. Each case leaves nothing behind: its namespace (and with it every tap and
+bridge in it) is deleted, and the check at the end says so."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+
+from guest import READY, expect, start_ember, vm_config
+from harness import case
+
+HOST_IP = "172.30.0.1"
+GUEST_IP = "172.30.0.2"
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), check=check, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def netns(tag: str):
+    """A fresh network namespace with loopback up; deleted on exit, which removes every
+    tap and bridge created in it."""
+    name = f"ember-{tag}-{os.getpid()}"
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        sh("ip", "netns", "del", name, check=False)
+        left = sh("ip", "netns", "list").stdout
+        if name in left:
+            raise AssertionError(f"network namespace {name} was left behind")
+
+
+def tap(ns: str, name: str, addr: str | None = None) -> None:
+    sh("ip", "-n", ns, "tuntap", "add", "dev", name, "mode", "tap")
+    if addr:
+        sh("ip", "-n", ns, "addr", "add", addr, "dev", name)
+    sh("ip", "-n", ns, "link", "set", name, "up")
+
+
+def net_vm(ctx, ns: str, tap_name: str, guest_ip: str, host_ip: str, cmd: str,
+           name: str, mac: str = "06:00:ac:1e:00:02", mode: str = "run"):
+    ipcfg = f"ip={guest_ip}::{host_ip}:255.255.255.0::eth0:off"
+    cfg = vm_config(ctx, mode=mode, mem_mib=256, extra_args=f'{ipcfg} ember_cmd="{cmd}"')
+    cfg["network-interfaces"] = [{"iface_id": "eth0", "host_dev_name": tap_name,
+                                  "guest_mac": mac}]
+    return start_ember(ctx, cfg, name=name, pre=["ip", "netns", "exec", ns])
+
+
+@case("net_ping_both_ways")
+def _(ctx):
+    with netns("ping") as ns:
+        tap(ns, "tap0", f"{HOST_IP}/24")
+        vm = net_vm(ctx, ns, "tap0", GUEST_IP, HOST_IP,
+                    f"ping -c 3 -W 5 {HOST_IP} && echo GUEST-PING-OK; cat /sys/class/net/eth0/address; sleep 30",
+                    name="ping")
+        vm.wait_for(READY, timeout=300)
+        vm.wait_for("GUEST-PING-OK", timeout=60)
+        vm.wait_for("06:00:ac:1e:00:02", timeout=10)
+        # busybox: the host needs no iputils.
+        r = sh("ip", "netns", "exec", ns, "busybox", "ping", "-c", "3", "-W", "5", GUEST_IP, check=False)
+        expect(r.returncode == 0, f"host could not ping the guest: {r.stdout}{r.stderr}")
+        vm.kill()
+
+
+@case("net_missing_tap_and_bad_mac_are_refused")
+def _(ctx):
+    from guest import run_ember_expecting_error
+    base = vm_config(ctx)
+    with netns("bad") as ns:
+        # A name that is taken by a device that is not a tap cannot be opened as one.
+        cfg = dict(base, **{"network-interfaces": [{"iface_id": "e", "host_dev_name": "lo"}]})
+        line = run_ember_expecting_error(ctx, cfg, pre=["ip", "netns", "exec", ns])
+        expect('network interface "e"' in line and '"lo"' in line, line)
+    for mac, needle in [("06:00:ac", "not a MAC address"), ("01:00:5e:00:00:01", "multicast")]:
+        cfg = dict(base, **{"network-interfaces": [{"iface_id": "e", "host_dev_name": "t0",
+                                                     "guest_mac": mac}]})
+        line = run_ember_expecting_error(ctx, cfg)
+        expect(needle in line, line)
