@@ -9,10 +9,12 @@
 //! thread never runs device code beyond a register access.
 
 pub mod block;
+mod device_thread;
 mod interrupt;
 pub mod mmio;
 pub mod net;
 
+pub use device_thread::{read_config_bytes, DeviceThread};
 pub use interrupt::{Interrupt, InterruptKind};
 
 use std::sync::Arc;

@@ -11,11 +11,10 @@ pub use disk::{CacheType, DiskError, DiskFile};
 pub use worker::BlockCounters;
 
 use super::{
-    ActivateError, Activation, VirtioDevice, F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, TYPE_BLOCK,
+    read_config_bytes, ActivateError, Activation, DeviceThread, VirtioDevice, F_EVENT_IDX,
+    F_INDIRECT_DESC, F_VERSION_1, TYPE_BLOCK,
 };
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use vmm_sys_util::eventfd::EventFd;
 use worker::RequestHandler;
 
 /// Feature: `seg_max` in the configuration space is valid.
@@ -33,17 +32,12 @@ const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// geometry, blk_size).
 const CONFIG_LEN: usize = 24;
 
-struct Running {
-    thread: JoinHandle<RequestHandler>,
-    stop: EventFd,
-}
-
 /// A virtio-blk device.
 pub struct Block {
     id: String,
     /// Present while no worker runs.
     handler: Option<RequestHandler>,
-    running: Option<Running>,
+    running: Option<DeviceThread<RequestHandler>>,
     features: u64,
     config: [u8; CONFIG_LEN],
     queue_sizes: [u16; 1],
@@ -101,15 +95,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= CONFIG_LEN {
-            return;
-        }
-        let n = data.len().min(CONFIG_LEN - start);
-        data[..n].copy_from_slice(&self.config[start..start + n]);
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
@@ -127,36 +113,22 @@ impl VirtioDevice for Block {
             return Err(ActivateError::QueueNotReady(0));
         }
         let handler = self.handler.take().ok_or(ActivateError::BadState)?;
-        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Thread)?;
-        let stop_worker = match stop.try_clone() {
-            Ok(s) => s,
-            Err(e) => {
-                self.handler = Some(handler);
-                return Err(ActivateError::Thread(e));
-            }
-        };
         let (mem, interrupt) = (a.mem, a.interrupt);
-        // The handler moves into the thread; if spawning fails it is lost with the
-        // closure, so the device cannot be activated again (reported as BadState).
-        let thread = std::thread::Builder::new()
-            .name(format!("blk-{}", self.id))
-            .spawn(move || worker::run(handler, queue, mem, interrupt, queue_evt, stop_worker))
-            .map_err(ActivateError::Thread)?;
-        self.running = Some(Running { thread, stop });
+        // If the thread cannot start, the handler is lost with the closure and the device
+        // cannot be activated again (reported as BadState).
+        self.running = Some(DeviceThread::spawn(
+            format!("blk-{}", self.id),
+            move |stop| worker::run(handler, queue, mem, interrupt, queue_evt, stop),
+        )?);
         Ok(())
     }
 
     fn reset(&mut self) {
-        let Some(running) = self.running.take() else {
-            return;
-        };
-        if let Err(e) = running.stop.write(1) {
-            log::error!("block {}: cannot stop its worker: {e}", self.id);
-            return;
-        }
-        match running.thread.join() {
-            Ok(handler) => self.handler = Some(handler),
-            Err(_) => log::error!("block {}: worker thread died; device unusable", self.id),
+        if let Some(running) = self.running.take() {
+            self.handler = running.stop();
+            if self.handler.is_none() {
+                log::error!("block {}: worker lost; device unusable", self.id);
+            }
         }
     }
 }

@@ -8,12 +8,12 @@ pub use engine::NetCounters;
 pub use tap::{Tap, TapError};
 
 use super::{
-    ActivateError, Activation, Interrupt, VirtioDevice, F_EVENT_IDX, F_VERSION_1, TYPE_NET,
+    read_config_bytes, ActivateError, Activation, DeviceThread, Interrupt, VirtioDevice,
+    F_EVENT_IDX, F_VERSION_1, TYPE_NET,
 };
 use engine::{Engine, RxState, TxState};
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -60,16 +60,11 @@ pub struct NetConfig {
     pub mtu: Option<u16>,
 }
 
-struct Running {
-    thread: JoinHandle<Tap>,
-    stop: EventFd,
-}
-
 /// A virtio-net device.
 pub struct Net {
     id: String,
     tap: Option<Tap>,
-    running: Option<Running>,
+    running: Option<DeviceThread<Tap>>,
     features: u64,
     config: [u8; CONFIG_LEN],
     queue_sizes: [u16; 2],
@@ -149,15 +144,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= CONFIG_LEN {
-            return;
-        }
-        let n = data.len().min(CONFIG_LEN - start);
-        data[..n].copy_from_slice(&self.config[start..start + n]);
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
@@ -184,34 +171,31 @@ impl VirtioDevice for Net {
         let tx_evt = a.queue_evts.pop().ok_or(ActivateError::QueueNotReady(TX))?;
         let rx_evt = a.queue_evts.pop().ok_or(ActivateError::QueueNotReady(RX))?;
         let mergeable = a.acked_features & (1 << features::MRG_RXBUF) != 0;
-        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Thread)?;
-        let worker = Worker {
-            engine: Engine::new(tap, rx, tx, mergeable, self.counters.clone()),
-            mem: a.mem,
-            interrupt: a.interrupt,
-            rx_evt,
-            tx_evt,
-            stop: stop.try_clone().map_err(ActivateError::Thread)?,
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("net-{}", self.id))
-            .spawn(move || worker.run())
-            .map_err(ActivateError::Thread)?;
-        self.running = Some(Running { thread, stop });
+        let engine = Engine::new(tap, rx, tx, mergeable, self.counters.clone());
+        let (mem, interrupt) = (a.mem, a.interrupt);
+        self.running = Some(DeviceThread::spawn(
+            format!("net-{}", self.id),
+            move |stop| {
+                Worker {
+                    engine,
+                    mem,
+                    interrupt,
+                    rx_evt,
+                    tx_evt,
+                    stop,
+                }
+                .run()
+            },
+        )?);
         Ok(())
     }
 
     fn reset(&mut self) {
-        let Some(running) = self.running.take() else {
-            return;
-        };
-        if let Err(e) = running.stop.write(1) {
-            log::error!("net {}: cannot stop its worker: {e}", self.id);
-            return;
-        }
-        match running.thread.join() {
-            Ok(tap) => self.tap = Some(tap),
-            Err(_) => log::error!("net {}: worker thread died; device unusable", self.id),
+        if let Some(running) = self.running.take() {
+            self.tap = running.stop();
+            if self.tap.is_none() {
+                log::error!("net {}: worker lost; device unusable", self.id);
+            }
         }
     }
 }
