@@ -180,13 +180,28 @@ impl<T: FrameIo> Engine<T> {
             }
             if self.deliver(mem)? {
                 delivered = true;
-            } else if !self.rx.enable_notification(mem)? {
-                // No buffers even after re-enabling notifications: wait for a kick.
+            } else if !self.ask_for_buffers(mem)? {
+                // Not enough buffers, and none came meanwhile: wait for the guest's kick.
                 self.counters.rx_no_buffer.fetch_add(1, Ordering::Relaxed);
                 let irq = delivered && self.rx.needs_notification(mem)?;
                 return Ok((RxState::NeedBuffers, irq));
             }
         }
+    }
+
+    /// Asks the guest to notify us when it posts the next receive buffer; returns whether
+    /// it posted some since we looked (then the caller tries again instead of waiting).
+    ///
+    /// The buffers already available may be too few for the waiting frame, so the
+    /// notification point must be the driver's current index, not our position in the
+    /// ring: with EVENT_IDX the driver only notifies when it moves past that point.
+    fn ask_for_buffers(&mut self, mem: &GuestMemoryMmap) -> Result<bool, QueueBroken> {
+        let ours = self.rx.next_avail();
+        let theirs = self.rx.avail_idx(mem, Ordering::Acquire)?.0;
+        self.rx.set_next_avail(theirs);
+        let more = self.rx.enable_notification(mem);
+        self.rx.set_next_avail(ours);
+        Ok(more?)
     }
 
     /// Places the pending frame in receive buffers. `Ok(false)` when there are not enough

@@ -295,3 +295,27 @@ fn a_full_tap_defers_the_frame_instead_of_dropping_it() {
     assert_eq!(r.engine.io().sent.borrow().as_slice(), &[f]);
     assert_eq!(r.counters.tx_dropped.load(Ordering::Relaxed), 0);
 }
+
+#[test]
+fn too_few_buffers_for_a_frame_wait_without_spinning() {
+    let mut r = Rig::new(true);
+    // One 1500-byte buffer for a 4000-byte frame: the engine must not loop on it.
+    r.rx.desc(&r.mem, 0, 0x10000, 1500, WRITE, 0);
+    r.rx.publish(&r.mem, 0);
+    r.engine
+        .io()
+        .incoming
+        .borrow_mut()
+        .push_back(frame(4000, 5));
+    let (state, _) = r.engine.process_rx(&r.mem).unwrap();
+    assert_eq!(state, RxState::NeedBuffers);
+    assert_eq!(r.rx.used_idx(&r.mem), 0, "nothing consumed");
+    // Two more buffers arrive: the frame is delivered across all three.
+    for i in 1..3u16 {
+        r.rx.desc(&r.mem, i, 0x10000 + u64::from(i) * 0x1000, 1500, WRITE, 0);
+        r.rx.publish(&r.mem, i);
+    }
+    let (state, irq) = r.engine.process_rx(&r.mem).unwrap();
+    assert_eq!((state, irq), (RxState::TapEmpty, true));
+    assert_eq!(r.rx.used_idx(&r.mem), 3);
+}
