@@ -14,9 +14,8 @@ one `EMBER-BLK-RESULT` line per job. Both VMMs go through the host's page cache:
 `cache_type: Writeback`, QEMU with its defaults (cache=writeback, aio=threads). The jobs
 issue no flushes.
 
-The tools image comes from $EMBER_BENCHFS (tools/bench/run builds it before the run, since
-inside the emulated host the cache is read-only), else from build-benchfs.sh here. It is
-copied into the scratch directory so that no guest reads through the emulated host's 9p.
+The tools image is found and copied into the case's scratch directory by
+tools/bench/benchfs.py.
 A VMM that fails keeps its rows (with its first error) and the other VMM still runs; the
 case fails after printing the table if some VMM produced no figures at all.
 """
@@ -25,13 +24,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import statistics
-import subprocess
+import sys
 from pathlib import Path
 
 from guest import VmProcess, guest_cmdline, start_ember, vm_config
-from harness import ROOT, CaseFailed, case, log
+from harness import CaseFailed, case, log
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchfs import tools_image  # noqa: E402  (tools/bench, beside this file)
 
 RUNS = int(os.environ.get("EMBER_BENCH_RUNS", "3"))
 DATA_MIB = 256
@@ -51,21 +52,6 @@ METRICS = (
 )
 GUEST_CMD = (f"mount -o ro $(findfs LABEL=ember-bench) /mnt && "
              f"sh /mnt/bench_blk.sh {DATA_MIB << 20} {RUNTIME_S}")
-
-
-def _tools_image(ctx) -> Path:
-    """The bench tools image, copied into the case's scratch directory."""
-    src = os.environ.get("EMBER_BENCHFS")
-    if not src:
-        res = subprocess.run([str(ROOT / "tools/guest/build-benchfs.sh")], check=True,
-                             stdout=subprocess.PIPE, text=True)
-        src = res.stdout.strip().splitlines()[-1]
-    image = Path(src) / "benchfs.ext4"
-    if not image.is_file():
-        raise CaseFailed(f"no bench tools image at {image} (run tools/guest/build-benchfs.sh)")
-    dst = ctx.work / "benchfs.ext4"
-    shutil.copyfile(image, dst)
-    return dst
 
 
 def _data_file(ctx) -> Path:
@@ -156,7 +142,7 @@ def _stats(xs: list[float]) -> str:
 
 @case("bench_blk", timeout=CASE_TIMEOUT_S, suite="bench")
 def _(ctx):
-    tools, data = _tools_image(ctx), _data_file(ctx)
+    tools, data = tools_image(ctx), _data_file(ctx)
     samples: dict[str, list[dict]] = {"ember": [], "qemu": []}
     errors: dict[str, list[str]] = {"ember": [], "qemu": []}
     for i in range(RUNS):

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Largest frame with its header: a 64 KiB GSO packet plus the Ethernet and virtio-net
 /// headers.
@@ -98,6 +98,9 @@ pub struct Engine<T: FrameIo> {
     mergeable: bool,
     frame: Vec<u8>,
     frame_len: usize,
+    /// A frame spanning several buffers was published in one step, which the queue's
+    /// notification bookkeeping does not see: interrupt the guest regardless.
+    force_irq: bool,
     counters: Arc<NetCounters>,
 }
 
@@ -135,6 +138,7 @@ impl<T: FrameIo> Engine<T> {
             mergeable,
             frame: vec![0; MAX_FRAME],
             frame_len: 0,
+            force_irq: false,
             counters,
         }
     }
@@ -158,7 +162,7 @@ impl<T: FrameIo> Engine<T> {
                 match self.io.read_frame(&mut self.frame) {
                     Ok(n) if n > VNET_HDR_LEN => self.frame_len = n,
                     Ok(0) => {
-                        let irq = delivered && self.rx.needs_notification(mem)?;
+                        let irq = self.rx_irq(mem, delivered)?;
                         return Ok((RxState::TapEmpty, irq));
                     }
                     Ok(_) => {
@@ -167,13 +171,13 @@ impl<T: FrameIo> Engine<T> {
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        let irq = delivered && self.rx.needs_notification(mem)?;
+                        let irq = self.rx_irq(mem, delivered)?;
                         return Ok((RxState::TapEmpty, irq));
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         log::warn!("net: reading the tap failed: {e}");
-                        let irq = delivered && self.rx.needs_notification(mem)?;
+                        let irq = self.rx_irq(mem, delivered)?;
                         return Ok((RxState::TapGone, irq));
                     }
                 }
@@ -183,10 +187,20 @@ impl<T: FrameIo> Engine<T> {
             } else if !self.ask_for_buffers(mem)? {
                 // Not enough buffers, and none came meanwhile: wait for the guest's kick.
                 self.counters.rx_no_buffer.fetch_add(1, Ordering::Relaxed);
-                let irq = delivered && self.rx.needs_notification(mem)?;
+                let irq = self.rx_irq(mem, delivered)?;
                 return Ok((RxState::NeedBuffers, irq));
             }
         }
+    }
+
+    /// Whether the guest must be interrupted after a receive pass.
+    fn rx_irq(&mut self, mem: &GuestMemoryMmap, delivered: bool) -> Result<bool, QueueBroken> {
+        if !delivered {
+            return Ok(false);
+        }
+        // Always asked, so the queue's bookkeeping restarts from here.
+        let needed = self.rx.needs_notification(mem)?;
+        Ok(needed || std::mem::take(&mut self.force_irq))
     }
 
     /// Asks the guest to notify us when it posts the next receive buffer; returns whether
@@ -242,6 +256,7 @@ impl<T: FrameIo> Engine<T> {
         let num_buffers = chains.len() as u16;
         self.frame[10..12].copy_from_slice(&num_buffers.to_le_bytes());
         let mut off = 0usize;
+        let mut used = Vec::with_capacity(chains.len());
         for RxChain { head, segs } in &chains {
             let mut written = 0usize;
             for &(addr, seg_len) in segs {
@@ -255,14 +270,47 @@ impl<T: FrameIo> Engine<T> {
                 off += n;
                 written += n;
             }
-            self.rx.add_used(mem, *head, written as u32)?;
+            used.push((*head, written as u32));
         }
+        self.publish_used(mem, &used)?;
         self.counters
             .rx_bytes
             .fetch_add((len - VNET_HDR_LEN) as u64, Ordering::Relaxed);
         self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
         self.frame_len = 0;
         Ok(true)
+    }
+
+    /// Returns a frame's buffers to the guest in one step: the driver must never see the
+    /// first buffer of a merged frame before the others (it would count the frame as
+    /// broken and drop it). The elements are written first, then the used index is
+    /// published once, by `add_used` of the last one.
+    fn publish_used(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        used: &[(u16, u32)],
+    ) -> Result<(), QueueBroken> {
+        let Some((&(last_head, last_len), rest)) = used.split_last() else {
+            return Ok(());
+        };
+        let base = self.rx.next_used();
+        let size = self.rx.size();
+        for (k, &(head, len)) in rest.iter().enumerate() {
+            let slot = u64::from(base.wrapping_add(k as u16) % size);
+            let elem = GuestAddress(self.rx.used_ring())
+                .checked_add(4 + slot * 8)
+                .ok_or(QueueBroken::RxChain(head))?;
+            mem.write_obj(u32::from(head), elem)
+                .map_err(|_| QueueBroken::RxChain(head))?;
+            mem.write_obj(len, elem.unchecked_add(4))
+                .map_err(|_| QueueBroken::RxChain(head))?;
+        }
+        if !rest.is_empty() {
+            self.rx.set_next_used(base.wrapping_add(rest.len() as u16));
+            self.force_irq = true;
+        }
+        self.rx.add_used(mem, last_head, last_len)?;
+        Ok(())
     }
 
     /// Sends every available transmit chain to the tap. Returns the state and whether the
