@@ -43,9 +43,9 @@ def tap(ns: str, name: str, addr: str | None = None) -> None:
 
 
 def net_vm(ctx, ns: str, tap_name: str, guest_ip: str, host_ip: str, cmd: str,
-           name: str, mac: str = "06:00:ac:1e:00:02", mode: str = "run"):
+           name: str, mac: str = "06:00:ac:1e:00:02", mode: str = "run", mem_mib: int = 256):
     ipcfg = f"ip={guest_ip}::{host_ip}:255.255.255.0::eth0:off"
-    cfg = vm_config(ctx, mode=mode, mem_mib=256, extra_args=f'{ipcfg} ember_cmd="{cmd}"')
+    cfg = vm_config(ctx, mode=mode, mem_mib=mem_mib, extra_args=f'{ipcfg} ember_cmd="{cmd}"')
     cfg["network-interfaces"] = [{"iface_id": "eth0", "host_dev_name": tap_name,
                                   "guest_mac": mac}]
     return start_ember(ctx, cfg, name=name, pre=["ip", "netns", "exec", ns])
@@ -81,6 +81,69 @@ def _(ctx):
                                                      "guest_mac": mac}]})
         line = run_ember_expecting_error(ctx, cfg)
         expect(needle in line, line)
+
+
+# The host end of the TCP case, run inside the namespace: send N random bytes to the guest,
+# then receive N bytes from it, printing the hash of each stream. A stream that stops
+# moving for two minutes fails the peer with how far it got.
+HOST_PEER = r'''
+import hashlib, os, socket, sys, time
+n, guest, host = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind((host, 5002)); ls.listen(1)
+for _ in range(600):
+    try:
+        s = socket.create_connection((guest, 5001), timeout=5); break
+    except OSError:
+        time.sleep(0.5)
+else:
+    sys.exit("guest never listened on 5001")
+s.settimeout(120); h = hashlib.sha256(); left = n
+try:
+    while left:
+        b = os.urandom(min(left, 1 << 20)); s.sendall(b); h.update(b); left -= len(b)
+except OSError as e:
+    sys.exit(f"host -> guest stalled after {n - left} of {n} bytes: {e}")
+s.close()
+print("HOST-SENT", h.hexdigest(), flush=True)
+ls.settimeout(900)
+c, _ = ls.accept(); c.settimeout(120); h = hashlib.sha256(); left = n
+try:
+    while left:
+        b = c.recv(min(left, 1 << 20))
+        if not b: break
+        h.update(b); left -= len(b)
+except OSError as e:
+    sys.exit(f"guest -> host stalled after {n - left} of {n} bytes: {e}")
+c.close()
+print("HOST-RECEIVED", h.hexdigest(), n - left, flush=True)
+'''
+
+
+@case("net_tcp_256mib_each_way_intact", timeout=1200)
+def _(ctx):
+    # The guest keeps each stream in tmpfs and hashes it apart from the transfer: what is
+    # checked is the bytes that crossed, end to end.
+    n = 256 << 20
+    guest_cmd = (f"nc -l -p 5001 > /tmp/rx.bin; echo RX-HASH $(sha256sum /tmp/rx.bin); "
+                 f"rm /tmp/rx.bin; head -c {n} /dev/urandom > /tmp/tx.bin; "
+                 f"echo TX-HASH $(sha256sum /tmp/tx.bin); nc {HOST_IP} 5002 < /tmp/tx.bin")
+    with netns("tcp") as ns:
+        tap(ns, "tap0", f"{HOST_IP}/24")
+        vm = net_vm(ctx, ns, "tap0", GUEST_IP, HOST_IP, guest_cmd, name="tcp", mem_mib=768)
+        peer = subprocess.run(["ip", "netns", "exec", ns, "python3", "-c", HOST_PEER, str(n),
+                               GUEST_IP, HOST_IP], capture_output=True, text=True, timeout=1100)
+        out = peer.stdout
+        expect(peer.returncode == 0, f"host peer failed: {peer.stderr.strip()}\n{vm.tail()}")
+        sent = out.split("HOST-SENT ")[1].split()[0]
+        recv_hash, recv_len = out.split("HOST-RECEIVED ")[1].split()[:2]
+        rx = vm.wait_for(r"RX-HASH ([0-9a-f]{64})", timeout=60).group(1)
+        tx = vm.wait_for(r"TX-HASH ([0-9a-f]{64})", timeout=60).group(1)
+        expect(rx == sent, f"host -> guest: sent {sent}, guest received {rx}")
+        expect(recv_len == str(n), f"guest -> host: {recv_len} of {n} bytes arrived")
+        expect(tx == recv_hash, f"guest -> host: guest sent {tx}, host received {recv_hash}")
+        vm.wait_for(r"EMBER-CMD-EXIT status=0", timeout=60)
+        expect(vm.wait_exit(timeout=60) == 0, f"ember did not exit 0\n{vm.tail()}")
 
 
 @case("net_two_guests_on_a_bridge")

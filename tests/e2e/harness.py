@@ -177,13 +177,47 @@ def stage_artifacts(paths: dict[str, Path], stage: Path) -> dict[str, Path]:
     return out
 
 
+# What TCG's nested SVM does to an L2 guest now and then (seen with QEMU's guests as well as
+# ember's, never on hardware KVM): it delivers an interrupt right after SYSCALL, while IF is
+# still clear and RSP is the user stack, and the guest dies of a double fault at the first
+# instruction of its syscall entry.
+EMULATION_FAULT = ("PANIC: double fault", "RIP: 0010:entry_SYSCALL_64+0x0/")
+
+
+def _emulation_fault(case_work: Path) -> str | None:
+    """The known emulated-host fault, if a guest console of the case shows it."""
+    for f in sorted(case_work.glob("*.console")):
+        text = f.read_text(errors="replace")
+        if all(sig in text for sig in EMULATION_FAULT):
+            return f"double fault at entry_SYSCALL_64 in {f.name}"
+    return None
+
+
+def _run_case(c, ctx) -> tuple[bool, str]:
+    """Runs one case; returns whether it passed and, if not, why."""
+    from guest import reap_all  # noqa: E402  (guest imports harness)
+
+    ok, detail = True, ""
+    try:
+        with _Alarm(c.timeout):
+            c.fn(ctx)
+    except Exception as e:  # a case's failure is data, not a crash of the runner
+        ok = False
+        detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+        if not isinstance(e, (CaseFailed, CaseTimeout)):
+            detail += "\n" + traceback.format_exc()
+    finally:
+        reap_all()
+    return ok, detail
+
+
 def run_inline(names: list[str], paths: dict[str, Path], work: Path, emulated: bool,
                results: Path, scratch: Path | None = None) -> None:
     """Runs cases one after another here, appending one JSON line per case to `results`.
     Cases get scratch directories under `scratch` (default: `work`); with a separate
-    scratch, each case's small files (consoles, logs, configs) are copied to `work` after it."""
-    from guest import reap_all  # noqa: E402  (guest imports harness)
-
+    scratch, each case's small files (consoles, logs, configs) are copied to `work` after it.
+    Under emulation, a case whose guest died of the emulated host's known fault
+    (EMULATION_FAULT) is run once more; on hardware KVM a case runs once."""
     scratch = scratch or work
     for name in names:
         c = REGISTRY[name]
@@ -194,17 +228,18 @@ def run_inline(names: list[str], paths: dict[str, Path], work: Path, emulated: b
                   rootfs_dir=paths["rootfs_dir"], work=case_work, emulated=emulated)
         log(f"START {name}")
         t0 = time.monotonic()
-        ok, detail = True, ""
-        try:
-            with _Alarm(c.timeout):
-                c.fn(ctx)
-        except Exception as e:  # a case's failure is data, not a crash of the runner
-            ok = False
-            detail = "".join(traceback.format_exception_only(type(e), e)).strip()
-            if not isinstance(e, (CaseFailed, CaseTimeout)):
-                detail += "\n" + traceback.format_exc()
-        finally:
-            reap_all()
+        for attempt in (1, 2):
+            ok, detail = _run_case(c, ctx)
+            fault = _emulation_fault(case_work) if emulated and not ok else None
+            if not fault or attempt == 2:
+                break
+            # Kept beside the retry's files, so the first attempt's consoles stay readable.
+            first = case_work.with_name(f"{name}.attempt1")
+            shutil.rmtree(first, ignore_errors=True)
+            case_work.rename(first)
+            case_work.mkdir(parents=True)
+            log(f"RETRY {name}: a guest died of a fault of the emulated host ({fault}); "
+                f"first attempt's files in {first}")
         secs = time.monotonic() - t0
         if scratch != work:
             keep = work / "cases" / name
@@ -319,9 +354,12 @@ def _emulated_boot(emuhost: Path, names: list[str], paths: dict[str, Path], work
                 con.write(line)
                 con.flush()
                 s = line.rstrip("\r\n")
-                if s.startswith("e2e: START "):
-                    state["case"], state["since"] = s.split()[2], time.monotonic()
-                    continue
+                if s.startswith("e2e: START ") or s.startswith("e2e: RETRY "):
+                    # A retried case gets its whole timeout again.
+                    state["case"] = s.split()[2].rstrip(":")
+                    state["since"] = time.monotonic()
+                    if s.startswith("e2e: START "):
+                        continue
                 if s.startswith("e2e: PASS ") or s.startswith("e2e: FAIL "):
                     state["case"], state["since"] = None, time.monotonic()
                 if s.startswith("emuhost: job exited"):
