@@ -42,6 +42,11 @@ class CaseTimeout(Exception):
     """A case ran past its timeout."""
 
 
+class EmulatedHostFault(CaseFailed):
+    """A case failed because the emulated KVM host stopped delivering the guest's
+    interrupts (see EMULATION_FAULTS); raised by cases that can tell, only under emulation."""
+
+
 @dataclasses.dataclass
 class Ctx:
     """What a case gets: built artefacts and a scratch directory of its own."""
@@ -180,16 +185,26 @@ def stage_artifacts(paths: dict[str, Path], stage: Path) -> dict[str, Path]:
 # What TCG's nested SVM does to an L2 guest now and then (seen with QEMU's guests as well as
 # ember's, never on hardware KVM): it delivers an interrupt right after SYSCALL, while IF is
 # still clear and RSP is the user stack, and the guest dies of a double fault at the first
-# instruction of its syscall entry.
-EMULATION_FAULT = ("PANIC: double fault", "RIP: 0010:entry_SYSCALL_64+0x0/")
+# instruction of its syscall entry, or of a triple fault with nothing on its console (ember
+# logs KVM_EXIT_SHUTDOWN), or it stops taking interrupts altogether (its network stalls and
+# its console heartbeat stops with it; QEMU's guests do the same). Each entry: the files to look in, and the lines that must all
+# be in one of them.
+EMULATION_FAULTS = (
+    ("*.console", ("PANIC: double fault", "RIP: 0010:entry_SYSCALL_64+0x0/")),
+    ("*.stderr", ("the guest triple-faulted (KVM_EXIT_SHUTDOWN)",)),
+    # Written by a case that raised EmulatedHostFault: the guest's console heartbeat (the
+    # serial port's interrupt, not the device under test) stopped together with its I/O.
+    ("emulated-host.fault", ("",)),
+)
 
 
 def _emulation_fault(case_work: Path) -> str | None:
-    """The known emulated-host fault, if a guest console of the case shows it."""
-    for f in sorted(case_work.glob("*.console")):
-        text = f.read_text(errors="replace")
-        if all(sig in text for sig in EMULATION_FAULT):
-            return f"double fault at entry_SYSCALL_64 in {f.name}"
+    """The known emulated-host fault, if a guest's console or ember's log shows it."""
+    for pattern, signature in EMULATION_FAULTS:
+        for f in sorted(case_work.glob(pattern)):
+            text = f.read_text(errors="replace")
+            if all(sig in text for sig in signature):
+                return f"{signature[-1]!r} in {f.name}"
     return None
 
 
@@ -201,6 +216,10 @@ def _run_case(c, ctx) -> tuple[bool, str]:
     try:
         with _Alarm(c.timeout):
             c.fn(ctx)
+    except EmulatedHostFault as e:
+        ok = False
+        detail = str(e).strip()
+        (ctx.work / "emulated-host.fault").write_text(detail + "\n")
     except Exception as e:  # a case's failure is data, not a crash of the runner
         ok = False
         detail = "".join(traceback.format_exception_only(type(e), e)).strip()
@@ -217,7 +236,7 @@ def run_inline(names: list[str], paths: dict[str, Path], work: Path, emulated: b
     Cases get scratch directories under `scratch` (default: `work`); with a separate
     scratch, each case's small files (consoles, logs, configs) are copied to `work` after it.
     Under emulation, a case whose guest died of the emulated host's known fault
-    (EMULATION_FAULT) is run once more; on hardware KVM a case runs once."""
+    (EMULATION_FAULTS) is run once more; on hardware KVM a case runs once."""
     scratch = scratch or work
     for name in names:
         c = REGISTRY[name]

@@ -7,7 +7,7 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Command-line flags (the Firecracker subset this build implements).
+/// Command-line flags, Firecracker's where they apply.
 #[derive(Parser, Debug)]
 #[command(
     name = "ember",
@@ -15,25 +15,80 @@ use std::process::ExitCode;
     about = "Ember microVM monitor: one process, one KVM guest"
 )]
 struct Args {
-    /// Path of the API socket (the API server arrives in a later release; see docs/api.md).
-    #[arg(long = "api-sock", value_name = "PATH")]
-    api_sock: Option<PathBuf>,
-    /// MicroVM id, used in log lines.
+    /// Path of the API socket (Firecracker's default).
+    #[arg(
+        long = "api-sock",
+        value_name = "PATH",
+        default_value = "/run/firecracker.socket"
+    )]
+    api_sock: PathBuf,
+    /// MicroVM id, used in log lines and `GET /`.
     #[arg(long = "id", default_value = "anonymous-instance")]
     id: String,
-    /// Start the VM described by this JSON file (Firecracker's format).
+    /// Start the VM described by this JSON file (Firecracker's format) at once.
     #[arg(long = "config-file", value_name = "PATH")]
     config_file: Option<PathBuf>,
-    /// Do not serve the API; requires --config-file and starts the guest at once.
+    /// Do not serve the API; requires --config-file.
     #[arg(long = "no-api", requires = "config_file")]
     no_api: bool,
+    /// Log file (or FIFO); stderr when absent.
+    #[arg(long = "log-path", value_name = "PATH")]
+    log_path: Option<String>,
     /// Log level: Error, Warning, Info, Debug, Trace or Off.
     #[arg(long = "level", default_value = "Warning", value_parser = logger::parse_level)]
     level: log::LevelFilter,
+    /// Show the level in each log line.
+    #[arg(long = "show-level")]
+    show_level: bool,
+    /// Show the source file and line in each log line.
+    #[arg(long = "show-log-origin")]
+    show_log_origin: bool,
+    /// Metrics file (or FIFO): one JSON line on FlushMetrics and every 60 s.
+    #[arg(long = "metrics-path", value_name = "PATH")]
+    metrics_path: Option<String>,
+    /// Largest API request body, in bytes.
+    #[arg(long = "http-api-max-payload-size", value_name = "BYTES", default_value_t = api::http::DEFAULT_MAX_PAYLOAD)]
+    max_payload: usize,
     /// The launcher's CLOCK_MONOTONIC time at exec, in microseconds; ember then logs
     /// (at Info) how long it took from exec to the guest's first instruction.
     #[arg(long = "start-time-us", value_name = "MICROSECONDS")]
     start_time_us: Option<u64>,
+    /// The launcher's CPU time at exec (accepted for Firecracker compatibility).
+    #[arg(long = "start-time-cpu-us", value_name = "MICROSECONDS")]
+    start_time_cpu_us: Option<u64>,
+    /// Firecracker flags ember does not implement: refused by name.
+    #[arg(long = "boot-timer", hide = true)]
+    boot_timer: bool,
+    #[arg(long = "seccomp-filter", hide = true, value_name = "PATH")]
+    seccomp_filter: Option<String>,
+    #[arg(long = "no-seccomp", hide = true)]
+    no_seccomp: bool,
+    #[arg(long = "mmds-size-limit", hide = true, value_name = "BYTES")]
+    mmds_size_limit: Option<String>,
+    #[arg(long = "snapshot-version", hide = true)]
+    snapshot_version: bool,
+    #[arg(long = "describe-snapshot", hide = true, value_name = "PATH")]
+    describe_snapshot: Option<String>,
+    #[arg(long = "enable-pci", hide = true)]
+    enable_pci: bool,
+}
+
+impl Args {
+    /// The first Firecracker flag given that ember does not implement.
+    fn unsupported_flag(&self) -> Option<&'static str> {
+        [
+            (self.boot_timer, "--boot-timer"),
+            (self.seccomp_filter.is_some(), "--seccomp-filter"),
+            (self.no_seccomp, "--no-seccomp"),
+            (self.mmds_size_limit.is_some(), "--mmds-size-limit"),
+            (self.snapshot_version, "--snapshot-version"),
+            (self.describe_snapshot.is_some(), "--describe-snapshot"),
+            (self.enable_pci, "--enable-pci"),
+        ]
+        .into_iter()
+        .find(|(given, _)| *given)
+        .map(|(_, name)| name)
+    }
 }
 
 fn monotonic_us() -> u64 {
@@ -54,21 +109,59 @@ fn console_input() -> Option<std::fs::File> {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    if !args.no_api {
-        return Err(
-            "the HTTP API is not part of this build yet: start the guest with --no-api --config-file FILE"
-                .to_string(),
-        );
+    if let Some(flag) = args.unsupported_flag() {
+        return Err(format!("{flag} is not supported by ember"));
     }
-    let path = args
-        .config_file
-        .as_ref()
-        .ok_or("--no-api needs --config-file")?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    let resources = vmm::parse_config(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut config = match &args.config_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+            let cfg =
+                vmm::VmConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            if cfg.boot_source.is_none() {
+                return Err(format!("{}: missing field `boot-source`", path.display()));
+            }
+            Some(cfg)
+        }
+        None => None,
+    };
+    // Command-line outputs apply unless the file names its own.
+    let mut base = config.take().unwrap_or_default();
+    if base.logger.is_none() && (args.log_path.is_some() || args.show_level || args.show_log_origin)
+    {
+        base.logger = Some(vmm::LoggerConfig {
+            log_path: args.log_path.clone(),
+            show_level: Some(args.show_level),
+            show_log_origin: Some(args.show_log_origin),
+            ..Default::default()
+        });
+    }
+    if base.metrics.is_none() {
+        if let Some(p) = &args.metrics_path {
+            base.metrics = Some(vmm::config::MetricsConfig {
+                metrics_path: p.clone(),
+            });
+        }
+    }
+    let start_from_file = args.config_file.is_some();
+    let resources = if start_from_file {
+        Some(base.validate().map_err(|e| {
+            format!(
+                "{}: {e}",
+                args.config_file
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            )
+        })?)
+    } else {
+        None
+    };
+    let mut ctl = vmm::rpc::Controller::new(&args.id, base, Box::new(logger::configure));
+    ctl.apply_outputs()?;
+
     let start = args.start_time_us;
-    let opts = vmm::RunOptions {
+    let mut opts = vmm::RunOptions {
         console_input: console_input(),
         on_first_run: Some(Box::new(move || {
             let now = monotonic_us();
@@ -78,16 +171,37 @@ fn run(args: Args) -> Result<(), String> {
             }
         })),
     };
+    let link = if args.no_api {
+        None
+    } else {
+        let (server, link) =
+            api::ApiServer::bind(&args.api_sock, args.max_payload).map_err(|e| e.to_string())?;
+        ctl.set_api_counters(server.counters());
+        server.start().map_err(|e| e.to_string())?;
+        Some(link)
+    };
     let _raw = terminal::RawTerminal::enable();
-    vmm::build_and_run(&resources, opts).map_err(|e| e.to_string())
+    let vmm = match (&resources, &link) {
+        (Some(res), _) => {
+            let vmm = vmm::build(res, &mut opts).map_err(|e| e.to_string())?;
+            ctl.started(vmm.runtime());
+            vmm
+        }
+        (None, Some(link)) => {
+            vmm::rpc::serve_until_started(&mut ctl, link, &mut opts).map_err(|e| e.to_string())?
+        }
+        (None, None) => return Err("--no-api needs --config-file".into()),
+    };
+    let mut vmm = vmm;
+    vmm.add_subscriber(std::sync::Arc::new(std::sync::Mutex::new(
+        vmm::rpc::ApiSubscriber::new(ctl, link),
+    )));
+    vmm.run_until_end().map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     logger::init(&args.id, args.level);
-    if args.api_sock.is_some() {
-        log::debug!("--api-sock given; the API server is not part of this build");
-    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {

@@ -7,7 +7,8 @@ use crate::device_manager::{DeviceManagerError, MmioDeviceManager};
 use crate::drive_config::{self, DriveSpec};
 use crate::event_loop::{self, ExitWatcher, GuestEnd, SubscriberOps};
 use crate::memory::{self, MemoryError};
-use crate::vstate::vcpu::{FirstRunHook, StopNotifier, Vcpu, VcpuError};
+use crate::metrics::{CountingWriter, Sources};
+use crate::vstate::vcpu::{FirstRunHook, StopNotifier, Vcpu, VcpuControl, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 use arch::boot::{self, BootError, BootSetup};
 use arch::layout::CMDLINE_MAX_SIZE;
@@ -20,6 +21,7 @@ use linux_loader::cmdline::Cmdline;
 use std::fs::{File, OpenOptions};
 use std::io::{LineWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc, Mutex};
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
@@ -142,8 +144,63 @@ fn open_drives(drives: &[DriveSpec]) -> Result<Vec<DiskFile>, BuildError> {
         .collect()
 }
 
+/// What a built VM offers the API after start: pausing, metrics sources, keystrokes.
+#[derive(Clone)]
+pub struct Runtime {
+    /// One handle per vCPU.
+    pub vcpus: Vec<Arc<VcpuControl>>,
+    /// Device and vCPU counters.
+    pub metrics: Sources,
+    /// The keyboard controller (Ctrl-Alt-Del).
+    pub i8042: Arc<Mutex<I8042>>,
+}
+
+/// A built, running VM.
+pub struct Vmm {
+    // Held for the guest's whole life: closing the VM fd would tear down its irqfds and
+    // ioeventfds, silencing every device interrupt while the vCPUs still run.
+    _vm: Vm,
+    em: event_loop::Loop,
+    watcher: Arc<Mutex<ExitWatcher>>,
+    serial: Arc<Mutex<SerialDevice>>,
+    runtime: Runtime,
+}
+
+impl Vmm {
+    /// The handles the API uses.
+    pub fn runtime(&self) -> Runtime {
+        self.runtime.clone()
+    }
+
+    /// Adds something that reacts to file descriptors on the VMM thread (the API).
+    pub fn add_subscriber(&mut self, s: Arc<Mutex<dyn event_manager::MutEventSubscriber + Send>>) {
+        self.em.add_subscriber(s);
+    }
+
+    /// Runs the VMM thread's loop until the guest ends, and reports how.
+    pub fn run_until_end(mut self) -> Result<(), BuildError> {
+        let end =
+            event_loop::run_until_end(&mut self.em, &self.watcher).map_err(BuildError::EventLoop);
+        self.serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush();
+        match end? {
+            GuestEnd::Clean => Ok(()),
+            GuestEnd::Failed(msg) => Err(BuildError::GuestFailed(msg)),
+        }
+    }
+}
+
 /// Builds the VM described by `res`, runs it until the guest ends, and reports how.
-pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildError> {
+pub fn build_and_run(res: &VmResources, mut opts: RunOptions) -> Result<(), BuildError> {
+    build(res, &mut opts)?.run_until_end()
+}
+
+/// Builds the VM described by `res` and starts its vCPUs. Takes the options it uses out
+/// of `opts` (a failed start leaves them for the next attempt only if it failed before
+/// using them).
+pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError> {
     // Inputs first: a missing file is reported before any KVM work.
     let mut kernel = open_regular(&res.kernel_path)
         .map_err(|e| BuildError::KernelOpen(res.kernel_path.clone(), e))?;
@@ -201,14 +258,11 @@ pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildErr
     // Virtio devices before the boot structures: each adds itself to the command line.
     let mut mmio = Bus::new();
     let mut device_manager = MmioDeviceManager::new();
+    let mut sources = Sources::default();
     for (spec, disk) in res.drives.iter().zip(disks) {
-        device_manager.attach(
-            &vm,
-            &guest_mem,
-            &mut mmio,
-            &mut cmdline,
-            Box::new(Block::new(&spec.id, disk)),
-        )?;
+        let block = Block::new(&spec.id, disk);
+        sources.block.push((spec.id.clone(), block.counters()));
+        device_manager.attach(&vm, &guest_mem, &mut mmio, &mut cmdline, Box::new(block))?;
     }
     for (spec, tap) in res.net.iter().zip(taps) {
         let cfg = NetConfig {
@@ -216,13 +270,9 @@ pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildErr
             mac: spec.mac,
             mtu: spec.mtu,
         };
-        device_manager.attach(
-            &vm,
-            &guest_mem,
-            &mut mmio,
-            &mut cmdline,
-            Box::new(Net::new(&cfg, tap)),
-        )?;
+        let net = Net::new(&cfg, tap);
+        sources.net.push((spec.id.clone(), net.counters()));
+        device_manager.attach(&vm, &guest_mem, &mut mmio, &mut cmdline, Box::new(net))?;
     }
     let mmio = Arc::new(mmio);
     boot::configure_system(
@@ -241,9 +291,11 @@ pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildErr
     let serial_irq = new_evt()?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)?;
     let rx_drained = new_evt()?;
+    let uart_out = Arc::new(AtomicU64::new(0));
+    sources.uart_out = Some(uart_out.clone());
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         serial_irq,
-        serial_out,
+        Box::new(CountingWriter::new(serial_out, uart_out)),
         rx_drained.try_clone().map_err(BuildError::EventFd)?,
     )));
     let reset_evt = new_evt()?;
@@ -252,7 +304,7 @@ pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildErr
     )));
     let mut pio = Bus::new();
     pio.insert(serial.clone(), COM1_PORT, COM1_LEN)?;
-    pio.insert(i8042, I8042_PORT, I8042_LEN)?;
+    pio.insert(i8042.clone(), I8042_PORT, I8042_LEN)?;
     let pio = Arc::new(pio);
 
     // The event loop must exist before the vCPUs can report to it.
@@ -265,7 +317,7 @@ pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildErr
     )));
     let mut em = event_loop::Loop::new().map_err(|e| BuildError::EventLoop(format!("{e:?}")))?;
     em.add_subscriber(watcher.clone());
-    if let Some(input) = opts.console_input {
+    if let Some(input) = opts.console_input.take() {
         em.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
             serial.clone(),
             input,
@@ -292,18 +344,23 @@ pub fn build_and_run(res: &VmResources, opts: RunOptions) -> Result<(), BuildErr
         )?;
         vcpus.push(vcpu);
     }
-    if let (Some(hook), Some(boot_vcpu)) = (opts.on_first_run, vcpus.first_mut()) {
+    if let (Some(hook), Some(boot_vcpu)) = (opts.on_first_run.take(), vcpus.first_mut()) {
         boot_vcpu.on_first_run(hook);
     }
+    sources.vcpus = vcpus.iter().map(Vcpu::control).collect();
     for vcpu in vcpus {
         // Threads are detached: the process ends with the guest.
         vcpu.start()?;
     }
-
-    let end = event_loop::run_until_end(&mut em, &watcher).map_err(BuildError::EventLoop);
-    serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
-    match end? {
-        GuestEnd::Clean => Ok(()),
-        GuestEnd::Failed(msg) => Err(BuildError::GuestFailed(msg)),
-    }
+    Ok(Vmm {
+        _vm: vm,
+        em,
+        watcher,
+        serial,
+        runtime: Runtime {
+            vcpus: sources.vcpus.clone(),
+            metrics: sources,
+            i8042,
+        },
+    })
 }

@@ -4,7 +4,7 @@
 
 use crate::drive_config::{self, DriveConfig, DriveConfigError, DriveSpec};
 use crate::net_config::{self, NetConfigError, NetSpec, NetworkInterfaceConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use thiserror::Error;
 
@@ -50,10 +50,13 @@ pub enum ConfigError {
     /// `kernel_image_path` is empty.
     #[error("boot-source: kernel_image_path must not be empty")]
     EmptyKernelPath,
+    /// No `boot-source` was given.
+    #[error("no boot source configured: PUT /boot-source (or a `boot-source` section) first")]
+    NoBootSource,
 }
 
 /// `boot-source`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct BootSourceConfig {
     /// Path to the kernel (ELF vmlinux or bzImage).
@@ -67,7 +70,7 @@ pub struct BootSourceConfig {
 }
 
 /// `machine-config.huge_pages`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 pub enum HugePages {
     /// Ordinary pages.
     #[default]
@@ -78,7 +81,7 @@ pub enum HugePages {
 }
 
 /// `machine-config`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MachineConfig {
     /// Number of vCPUs, 1 to 32.
@@ -100,7 +103,7 @@ pub struct MachineConfig {
 }
 
 /// `serial`: where the guest's console goes.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SerialConfig {
     /// File the console is appended to; stdout when absent.
@@ -108,35 +111,80 @@ pub struct SerialConfig {
     pub serial_out_path: Option<String>,
 }
 
-/// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+/// `logger`: where ember's own log goes.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
-struct ConfigFile {
-    #[serde(rename = "boot-source")]
-    boot_source: BootSourceConfig,
-    #[serde(rename = "machine-config", default)]
-    machine_config: Option<MachineConfig>,
+pub struct LoggerConfig {
+    /// File (or FIFO) the log is appended to; stderr when absent.
     #[serde(default)]
-    serial: Option<SerialConfig>,
+    pub log_path: Option<String>,
+    /// Error, Warning, Info, Debug, Trace or Off.
     #[serde(default)]
-    drives: Vec<DriveConfig>,
+    pub level: Option<String>,
+    /// Print the level in each line.
+    #[serde(default)]
+    pub show_level: Option<bool>,
+    /// Print the source file and line in each line.
+    #[serde(default)]
+    pub show_log_origin: Option<bool>,
+    /// Only log lines from this module (Rust module path prefix).
+    #[serde(default)]
+    pub module: Option<String>,
+}
+
+/// `metrics`: where metrics lines go.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// File (or FIFO) the lines are appended to.
+    pub metrics_path: String,
+}
+
+/// The whole configuration: the file's keys, which are also the API's resources. Parsed
+/// strictly; [`VmConfig::validate`] turns it into [`VmResources`].
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// `boot-source` (required before start).
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub boot_source: Option<BootSourceConfig>,
+    /// `machine-config`.
+    #[serde(
+        rename = "machine-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub machine_config: Option<MachineConfig>,
+    /// `serial`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialConfig>,
+    /// `drives`.
+    #[serde(default)]
+    pub drives: Vec<DriveConfig>,
+    /// `network-interfaces`.
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
+    /// `logger`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logger: Option<LoggerConfig>,
+    /// `metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
     // Keys of Firecracker's format that this build does not implement: accepted only when
     // empty, so a configuration never silently loses a device it asked for.
-    #[serde(rename = "network-interfaces", default)]
-    network_interfaces: Vec<NetworkInterfaceConfig>,
-    #[serde(default)]
-    logger: Option<serde_json::Value>,
-    #[serde(default)]
-    metrics: Option<serde_json::Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     vsock: Option<serde_json::Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     balloon: Option<serde_json::Value>,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     entropy: Option<serde_json::Value>,
-    #[serde(rename = "mmds-config", default)]
+    #[serde(rename = "mmds-config", default, skip_serializing)]
     mmds_config: Option<serde_json::Value>,
-    #[serde(rename = "cpu-config", default)]
+    #[serde(rename = "cpu-config", default, skip_serializing)]
     cpu_config: Option<serde_json::Value>,
 }
 
@@ -220,46 +268,68 @@ pub fn validate_machine(m: &MachineConfig) -> Result<(u8, u64), ConfigError> {
     Ok((m.vcpu_count as u8, m.mem_size_mib))
 }
 
-/// Parses and validates the text of a configuration file.
-pub fn parse(text: &str) -> Result<VmResources, ConfigError> {
-    let de = &mut serde_json::Deserializer::from_str(text);
-    let file: ConfigFile = serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Json {
+/// Parses JSON text into `T` strictly, naming the field at fault.
+pub fn from_json<T: serde::de::DeserializeOwned>(text: &[u8]) -> Result<T, ConfigError> {
+    let de = &mut serde_json::Deserializer::from_slice(text);
+    serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Json {
         path: printable(&e.path().to_string()),
         message: printable(&e.into_inner().to_string()),
-    })?;
-    let drives = drive_config::validate_drives(&file.drives)?;
-    let net = net_config::validate_interfaces(&file.network_interfaces)?;
-    refuse_if_set("logger", &file.logger)?;
-    refuse_if_set("metrics", &file.metrics)?;
-    refuse_if_set("vsock", &file.vsock)?;
-    refuse_if_set("balloon", &file.balloon)?;
-    refuse_if_set("entropy", &file.entropy)?;
-    refuse_if_set("mmds-config", &file.mmds_config)?;
-    refuse_if_set("cpu-config", &file.cpu_config)?;
-
-    let (vcpu_count, mem_size_mib) = match &file.machine_config {
-        Some(m) => validate_machine(m)?,
-        None => (DEFAULT_VCPUS, DEFAULT_MEM_MIB),
-    };
-    if file.boot_source.kernel_image_path.is_empty() {
-        return Err(ConfigError::EmptyKernelPath);
-    }
-    Ok(VmResources {
-        kernel_path: PathBuf::from(&file.boot_source.kernel_image_path),
-        initrd_path: file.boot_source.initrd_path.map(PathBuf::from),
-        boot_args: file
-            .boot_source
-            .boot_args
-            .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_string()),
-        vcpu_count,
-        mem_size_mib,
-        serial_out_path: file
-            .serial
-            .and_then(|s| s.serial_out_path)
-            .map(PathBuf::from),
-        drives,
-        net,
     })
+}
+
+/// Parses and validates the text of a configuration file.
+pub fn parse(text: &str) -> Result<VmResources, ConfigError> {
+    let cfg: VmConfig = from_json(text.as_bytes())?;
+    if cfg.boot_source.is_none() {
+        return Err(ConfigError::Json {
+            path: String::new(),
+            message: "missing field `boot-source`".into(),
+        });
+    }
+    cfg.validate()
+}
+
+impl VmConfig {
+    /// Parses a configuration file's text without validating it.
+    pub fn parse(text: &str) -> Result<VmConfig, ConfigError> {
+        from_json(text.as_bytes())
+    }
+
+    /// Checks everything and returns what the builder needs.
+    pub fn validate(&self) -> Result<VmResources, ConfigError> {
+        let drives = drive_config::validate_drives(&self.drives)?;
+        let net = net_config::validate_interfaces(&self.network_interfaces)?;
+        refuse_if_set("vsock", &self.vsock)?;
+        refuse_if_set("balloon", &self.balloon)?;
+        refuse_if_set("entropy", &self.entropy)?;
+        refuse_if_set("mmds-config", &self.mmds_config)?;
+        refuse_if_set("cpu-config", &self.cpu_config)?;
+        let (vcpu_count, mem_size_mib) = match &self.machine_config {
+            Some(m) => validate_machine(m)?,
+            None => (DEFAULT_VCPUS, DEFAULT_MEM_MIB),
+        };
+        let boot = self.boot_source.as_ref().ok_or(ConfigError::NoBootSource)?;
+        if boot.kernel_image_path.is_empty() {
+            return Err(ConfigError::EmptyKernelPath);
+        }
+        Ok(VmResources {
+            kernel_path: PathBuf::from(&boot.kernel_image_path),
+            initrd_path: boot.initrd_path.as_ref().map(PathBuf::from),
+            boot_args: boot
+                .boot_args
+                .clone()
+                .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_string()),
+            vcpu_count,
+            mem_size_mib,
+            serial_out_path: self
+                .serial
+                .as_ref()
+                .and_then(|s| s.serial_out_path.as_ref())
+                .map(PathBuf::from),
+            drives,
+            net,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! `/dev/vda`).
 
 use devices::virtio::block::CacheType;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::PathBuf;
 use thiserror::Error;
@@ -36,7 +36,7 @@ pub enum DriveConfigError {
 }
 
 /// `drives[]` entry, with Firecracker's fields.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DriveConfig {
     /// Unique id; also the serial the guest reads with get-id.
@@ -67,7 +67,7 @@ pub struct DriveConfig {
 }
 
 /// `cache_type`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 pub enum CacheTypeConfig {
     /// No flush offered to the guest (Firecracker's default).
     #[default]
@@ -77,7 +77,7 @@ pub enum CacheTypeConfig {
 }
 
 /// `io_engine`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 pub enum IoEngine {
     /// Blocking I/O on the device's thread.
     #[default]

@@ -6,6 +6,8 @@
 //! - [`builder`]: assembling and running a VM from a configuration.
 //! - [`event_loop`]: the VMM thread's epoll loop.
 //! - [`console_input`]: console input (stdin) to the guest's UART.
+//! - [`rpc`]: what the API's actions do (pre-boot configuration, start, pause, metrics).
+//! - [`metrics`]: Firecracker-style metrics lines.
 
 pub mod builder;
 pub mod config;
@@ -14,8 +16,10 @@ pub mod device_manager;
 pub mod drive_config;
 pub mod event_loop;
 pub mod memory;
+pub mod metrics;
 pub mod net_config;
+pub mod rpc;
 pub mod vstate;
 
-pub use builder::{build_and_run, BuildError, RunOptions};
-pub use config::{parse as parse_config, ConfigError, VmResources};
+pub use builder::{build, build_and_run, BuildError, RunOptions, Vmm};
+pub use config::{parse as parse_config, ConfigError, LoggerConfig, VmConfig, VmResources};

@@ -1,7 +1,7 @@
 //! `network-interfaces`: Firecracker's network resource, parsed strictly and validated
 //! into [`NetSpec`]s, attached in order after the drives.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use thiserror::Error;
 
@@ -37,7 +37,7 @@ pub enum NetConfigError {
 }
 
 /// `network-interfaces[]` entry, with Firecracker's fields.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkInterfaceConfig {
     /// Unique id.

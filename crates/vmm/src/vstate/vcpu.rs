@@ -8,9 +8,11 @@ use arch::regs::{self, EntryMode, RegsError};
 use devices::Bus;
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -69,6 +71,147 @@ impl StopNotifier {
     }
 }
 
+/// Exits of one vCPU by kind, for the metrics (Firecracker's `vcpu` group).
+#[derive(Debug, Default)]
+pub struct VcpuExits {
+    /// Port reads.
+    pub exit_io_in: AtomicU64,
+    /// Port writes.
+    pub exit_io_out: AtomicU64,
+    /// MMIO reads.
+    pub exit_mmio_read: AtomicU64,
+    /// MMIO writes.
+    pub exit_mmio_write: AtomicU64,
+    /// KVM_RUN interrupted by a signal (pause requests).
+    pub exit_intr: AtomicU64,
+    /// Exits that ended the guest with a failure.
+    pub failures: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunState {
+    Running,
+    PauseRequested,
+    Paused,
+}
+
+/// The signal that kicks a vCPU thread out of KVM_RUN so it sees a pause request.
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int) {}
+
+/// Installs the (empty) handler of the kick signal, without SA_RESTART so KVM_RUN returns
+/// EINTR. Idempotent.
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; the handler
+        // is an extern "C" fn that does nothing, which is async-signal-safe.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_kick as *const () as usize;
+            libc::sigemptyset(&mut act.sa_mask);
+            if libc::sigaction(kick_signal(), &act, std::ptr::null_mut()) != 0 {
+                log::error!(
+                    "cannot install the vCPU kick handler: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    });
+}
+
+/// Pausing and resuming one vCPU thread from another thread, and its exit counters.
+#[derive(Debug)]
+pub struct VcpuControl {
+    state: Mutex<RunState>,
+    changed: Condvar,
+    thread: Mutex<Option<libc::pthread_t>>,
+    /// Exit counters.
+    pub exits: VcpuExits,
+}
+
+impl Default for VcpuControl {
+    fn default() -> Self {
+        VcpuControl {
+            state: Mutex::new(RunState::Running),
+            changed: Condvar::new(),
+            thread: Mutex::new(None),
+            exits: VcpuExits::default(),
+        }
+    }
+}
+
+impl VcpuControl {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RunState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called by the vCPU thread between exits: parks it while a pause is requested.
+    fn checkpoint(&self) {
+        let mut st = self.lock();
+        if *st == RunState::PauseRequested {
+            *st = RunState::Paused;
+            self.changed.notify_all();
+        }
+        while *st == RunState::Paused {
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn kick(&self) {
+        if let Some(t) = *self.thread.lock().unwrap_or_else(|p| p.into_inner()) {
+            // SAFETY: `t` is the id of this vCPU's thread, which never exits while the
+            // process runs (vCPU threads end only with the process or after reporting a
+            // stop, after which a signal to it is harmless: the handler is a no-op).
+            unsafe { libc::pthread_kill(t, kick_signal()) };
+        }
+    }
+}
+
+/// Stops every vCPU in `vcpus` outside the guest; returns once all are parked or, if
+/// some thread never comes back from KVM_RUN, after `within` with an error naming it.
+pub fn pause_all(vcpus: &[Arc<VcpuControl>], within: Duration) -> Result<(), String> {
+    for v in vcpus {
+        let mut st = v.lock();
+        if *st == RunState::Running {
+            *st = RunState::PauseRequested;
+        }
+    }
+    let deadline = Instant::now() + within;
+    loop {
+        let mut all = true;
+        for v in vcpus {
+            if *v.lock() != RunState::Paused {
+                all = false;
+                // Re-sent until seen: a kick that lands just before KVM_RUN is lost.
+                v.kick();
+            }
+        }
+        if all {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "a vCPU did not stop within {} ms",
+                within.as_millis()
+            ));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Lets every paused vCPU run the guest again.
+pub fn resume_all(vcpus: &[Arc<VcpuControl>]) {
+    for v in vcpus {
+        let mut st = v.lock();
+        *st = RunState::Running;
+        v.changed.notify_all();
+    }
+}
+
 /// Observes the moment the boot vCPU first enters the guest.
 pub type FirstRunHook = Box<dyn FnOnce() + Send>;
 
@@ -83,6 +226,7 @@ pub struct Vcpu {
     _mem: Arc<GuestMemoryMmap>,
     stop: StopNotifier,
     first_run: Option<FirstRunHook>,
+    control: Arc<VcpuControl>,
 }
 
 enum Step {
@@ -108,7 +252,13 @@ impl Vcpu {
             _mem: mem,
             stop,
             first_run: None,
+            control: Arc::default(),
         }
+    }
+
+    /// The handle that pauses and resumes this vCPU and reads its exit counters.
+    pub fn control(&self) -> Arc<VcpuControl> {
+        self.control.clone()
     }
 
     /// Runs `hook` just before the first KVM_RUN of this vCPU.
@@ -134,6 +284,7 @@ impl Vcpu {
     /// Starts the vCPU's thread.
     pub fn start(self) -> Result<JoinHandle<()>, VcpuError> {
         let index = self.index;
+        install_kick_handler();
         std::thread::Builder::new()
             .name(format!("ember_vcpu{index}"))
             .spawn(move || self.run())
@@ -141,11 +292,22 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        // SAFETY: pthread_self has no preconditions.
+        *self
+            .control
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(unsafe { libc::pthread_self() });
         if let Some(hook) = self.first_run.take() {
             hook();
         }
         loop {
+            self.control.checkpoint();
             if let Step::Stop(reason) = self.run_once() {
+                self.control.exits.failures.fetch_add(
+                    u64::from(matches!(reason, StopReason::Failed(_))),
+                    Ordering::Relaxed,
+                );
                 self.stop.notify(VcpuEvent {
                     index: self.index,
                     reason,
@@ -156,8 +318,11 @@ impl Vcpu {
     }
 
     fn run_once(&mut self) -> Step {
+        let exits = &self.control.exits;
+        let count = |c: &AtomicU64| c.fetch_add(1, Ordering::Relaxed);
         let failure = match self.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
+                count(&exits.exit_io_in);
                 if !self.pio.read(u64::from(port), data) {
                     // Nothing there: an ISA bus floats high.
                     data.fill(0xff);
@@ -165,21 +330,32 @@ impl Vcpu {
                 return Step::Continue;
             }
             Ok(VcpuExit::IoOut(port, data)) => {
+                count(&exits.exit_io_out);
                 self.pio.write(u64::from(port), data);
                 return Step::Continue;
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
+                count(&exits.exit_mmio_read);
                 if !self.mmio.read(addr, data) {
                     data.fill(0);
                 }
                 return Step::Continue;
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
+                count(&exits.exit_mmio_write);
                 self.mmio.write(addr, data);
                 return Step::Continue;
             }
             Ok(VcpuExit::Intr) => return Step::Continue,
-            Ok(VcpuExit::Shutdown) => return Step::Stop(StopReason::GuestReset),
+            Ok(VcpuExit::Shutdown) => {
+                // A triple fault: how `reboot=t` resets, and how a guest that corrupted its
+                // own state dies. Either way the machine resets, so ember ends as on reboot.
+                log::warn!(
+                    "vcpu {}: the guest triple-faulted (KVM_EXIT_SHUTDOWN); treated as a reset",
+                    self.index
+                );
+                return Step::Stop(StopReason::GuestReset);
+            }
             Ok(VcpuExit::Hlt) => return Step::Stop(StopReason::GuestShutdown),
             Ok(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _)) => {
                 return Step::Stop(StopReason::GuestReset)
@@ -199,6 +375,7 @@ impl Vcpu {
             }
             Ok(other) => format!("unexpected KVM exit {other:?}"),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                count(&exits.exit_intr);
                 return Step::Continue
             }
             Err(e) => format!("KVM_RUN failed: {e}"),

@@ -1,0 +1,362 @@
+//! The API thread. It owns the listening socket and every client connection, all
+//! non-blocking under one epoll: a client that sends half a request, or never reads its
+//! answers, only holds its own buffers (bounded), never the thread. Complete requests
+//! go to the VMM one at a time; the VMM answers quickly (it never waits on the guest).
+
+use crate::http::{self, Response};
+use crate::routes::{self, path_label, Action, ParsedRequest};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Most clients connected at once; more are accepted and closed at once.
+pub const MAX_CLIENTS: usize = 64;
+/// How long the API waits for the VMM's answer before telling the client it is busy.
+const VMM_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Errors starting the API server.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// A file that is not a socket is in the way.
+    #[error("API socket {0}: a file that is not a socket is in the way")]
+    NotASocket(PathBuf),
+    /// Binding, removing the stale socket or setting its mode failed.
+    #[error("API socket {0}: {1}")]
+    Socket(PathBuf, io::Error),
+    /// The server's epoll or eventfd could not be made.
+    #[error("API server: {0}")]
+    Setup(io::Error),
+    /// The thread could not be started.
+    #[error("API server: cannot start its thread: {0}")]
+    Spawn(io::Error),
+}
+
+/// The VMM's end: actions arrive on `requests` (with `wake` written once per action), and
+/// each gets exactly one answer on `answers`, in order.
+pub struct VmmLink {
+    /// Actions from clients.
+    pub requests: Receiver<Action>,
+    /// The answers, one per action.
+    pub answers: Sender<Response>,
+    /// Readable when an action waits.
+    pub wake: EventFd,
+}
+
+/// Requests served, by method and path (`put_drives`), for the metrics.
+#[derive(Debug, Default)]
+pub struct ApiCounters {
+    counts: Mutex<BTreeMap<String, u64>>,
+}
+
+impl ApiCounters {
+    fn count(&self, key: String) {
+        let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(key).or_insert(0) += 1;
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// A bound API socket, ready to serve on its own thread.
+pub struct ApiServer {
+    listener: UnixListener,
+    path: PathBuf,
+    max_payload: usize,
+    to_vmm: Sender<Action>,
+    from_vmm: Receiver<Response>,
+    wake: EventFd,
+    counters: Arc<ApiCounters>,
+    late_answers: usize,
+}
+
+impl ApiServer {
+    /// Binds `path` (a stale socket there is replaced; the socket is mode 0600).
+    pub fn bind(path: &Path, max_payload: usize) -> Result<(ApiServer, VmmLink), ServerError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(md) if md.file_type().is_socket() => std::fs::remove_file(path)
+                .map_err(|e| ServerError::Socket(path.to_path_buf(), e))?,
+            Ok(_) => return Err(ServerError::NotASocket(path.to_path_buf())),
+            Err(_) => {}
+        }
+        // SAFETY: umask only changes this process's file creation mask; the old mask is
+        // put back right after the bind, so no other file is created with the narrow one
+        // (the API socket is bound before any other thread starts).
+        let old_mask = unsafe { libc::umask(0o077) };
+        let bound = UnixListener::bind(path);
+        // SAFETY: as above.
+        unsafe { libc::umask(old_mask) };
+        let listener = bound.map_err(|e| ServerError::Socket(path.to_path_buf(), e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| ServerError::Socket(path.to_path_buf(), e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| ServerError::Socket(path.to_path_buf(), e))?;
+        let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(ServerError::Setup)?;
+        let (to_vmm, requests) = mpsc::channel();
+        let (answers, from_vmm) = mpsc::channel();
+        let link = VmmLink {
+            requests,
+            answers,
+            wake: wake.try_clone().map_err(ServerError::Setup)?,
+        };
+        Ok((
+            ApiServer {
+                listener,
+                path: path.to_path_buf(),
+                max_payload,
+                to_vmm,
+                from_vmm,
+                wake,
+                counters: Arc::default(),
+                late_answers: 0,
+            },
+            link,
+        ))
+    }
+
+    /// The request counters, shared with the metrics writer.
+    pub fn counters(&self) -> Arc<ApiCounters> {
+        self.counters.clone()
+    }
+
+    /// Serves on a thread named `api` until the process ends.
+    pub fn start(self) -> Result<(), ServerError> {
+        let epoll = Epoll::new().map_err(ServerError::Setup)?;
+        std::thread::Builder::new()
+            .name("api".into())
+            .spawn(move || {
+                if let Err(e) = self.serve(epoll) {
+                    log::error!("API server stopped: {e}");
+                }
+            })
+            .map(|_| ())
+            .map_err(ServerError::Spawn)
+    }
+
+    fn serve(mut self, epoll: Epoll) -> io::Result<()> {
+        const LISTENER: u64 = u64::MAX;
+        epoll.ctl(
+            ControlOperation::Add,
+            self.listener.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, LISTENER),
+        )?;
+        log::info!("API server listening on {}", self.path.display());
+        let mut clients: HashMap<u64, Client> = HashMap::new();
+        let mut next_id = 0u64;
+        let mut events = vec![EpollEvent::default(); 32];
+        loop {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            for ev in &events[..n] {
+                let key = ev.data();
+                if key == LISTENER {
+                    self.accept(&epoll, &mut clients, &mut next_id);
+                    continue;
+                }
+                let Some(client) = clients.get_mut(&key) else {
+                    continue;
+                };
+                let keep = self.service(client, ev.event_set());
+                let done = !keep || (client.closing && client.out.is_empty());
+                if done {
+                    let _ = epoll.ctl(
+                        ControlOperation::Delete,
+                        client.stream.as_raw_fd(),
+                        EpollEvent::default(),
+                    );
+                    clients.remove(&key);
+                } else {
+                    let mut set = EventSet::IN | EventSet::READ_HANG_UP;
+                    if !client.out.is_empty() {
+                        // Answers not taken yet: stop reading until they are.
+                        set = EventSet::OUT;
+                    }
+                    let _ = epoll.ctl(
+                        ControlOperation::Modify,
+                        client.stream.as_raw_fd(),
+                        EpollEvent::new(set, key),
+                    );
+                }
+            }
+        }
+    }
+
+    fn accept(&self, epoll: &Epoll, clients: &mut HashMap<u64, Client>, next_id: &mut u64) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if clients.len() >= MAX_CLIENTS {
+                        log::warn!("API: {MAX_CLIENTS} clients connected; refusing another");
+                        continue; // dropped: closed
+                    }
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    *next_id += 1;
+                    let ev = EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, *next_id);
+                    if epoll
+                        .ctl(ControlOperation::Add, stream.as_raw_fd(), ev)
+                        .is_ok()
+                    {
+                        clients.insert(*next_id, Client::new(stream));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("API: accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads, answers and writes for one client; returns false when it is to be dropped.
+    fn service(&mut self, c: &mut Client, set: EventSet) -> bool {
+        if !c.out.is_empty() {
+            if !c.flush() {
+                return false;
+            }
+            if !c.out.is_empty() {
+                return true;
+            }
+        }
+        if set.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP) {
+            let limit = http::MAX_HEAD + self.max_payload;
+            let mut chunk = [0u8; 4096];
+            loop {
+                match c.stream.read(&mut chunk) {
+                    Ok(0) => {
+                        c.eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        c.input.extend_from_slice(&chunk[..n]);
+                        if c.input.len() > limit {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return false,
+                }
+            }
+        }
+        // Every complete request in the buffer, in order.
+        while !c.closing {
+            match http::parse_request(&c.input, self.max_payload) {
+                Ok(None) => break,
+                Ok(Some((req, used))) => {
+                    c.input.drain(..used);
+                    let close = req.close;
+                    let key = format!(
+                        "{}_{}",
+                        req.method.as_str().to_ascii_lowercase(),
+                        path_label(&req.path)
+                    );
+                    self.counters.count(key);
+                    let answer = match routes::route(req) {
+                        ParsedRequest::Answer(r) => r,
+                        ParsedRequest::Vmm(action) => self.ask_vmm(action),
+                    };
+                    c.out.extend_from_slice(&answer.to_bytes(close));
+                    c.closing = close;
+                }
+                Err(e) => {
+                    self.counters.count("bad_requests".into());
+                    let answer = Response::fault(400, e.to_string());
+                    c.out.extend_from_slice(&answer.to_bytes(true));
+                    c.closing = true;
+                }
+            }
+        }
+        if c.eof && !c.closing {
+            // A client that closed its side: answer what it sent, then drop it.
+            c.closing = true;
+        }
+        c.flush()
+    }
+
+    fn ask_vmm(&mut self, action: Action) -> Response {
+        // Answers to requests we gave up on come first: skip them.
+        while self.late_answers > 0 {
+            match self.from_vmm.recv_timeout(VMM_ANSWER_TIMEOUT) {
+                Ok(_) => self.late_answers -= 1,
+                Err(RecvTimeoutError::Timeout) => {
+                    return Response::fault(503, "the VMM is busy with an earlier request")
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Response::fault(503, "the VMM is no longer running")
+                }
+            }
+        }
+        if self.to_vmm.send(action).is_err() {
+            return Response::fault(503, "the VMM is no longer running");
+        }
+        let _ = self.wake.write(1);
+        match self.from_vmm.recv_timeout(VMM_ANSWER_TIMEOUT) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => {
+                self.late_answers += 1;
+                Response::fault(503, "the VMM did not answer in time")
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                Response::fault(503, "the VMM is no longer running")
+            }
+        }
+    }
+}
+
+struct Client {
+    stream: UnixStream,
+    input: Vec<u8>,
+    out: Vec<u8>,
+    closing: bool,
+    eof: bool,
+}
+
+impl Client {
+    fn new(stream: UnixStream) -> Self {
+        Client {
+            stream,
+            input: Vec::new(),
+            out: Vec::new(),
+            closing: false,
+            eof: false,
+        }
+    }
+
+    /// Writes what it can of the pending answers; false when the client is gone.
+    fn flush(&mut self) -> bool {
+        while !self.out.is_empty() {
+            match self.stream.write(&self.out) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,243 @@
+"""API cases (issue 5): ember driven over its Unix socket by a real HTTP client
+(Python's http.client on an AF_UNIX socket), the way Firecracker's SDKs drive it."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import time
+
+from cases_net import HOST_IP, GUEST_IP, netns, tap
+from guest import READY, VmProcess, expect, guest_cmdline
+from harness import case
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    """HTTP/1.1 over a Unix socket."""
+
+    def __init__(self, path: str, timeout: float = 30):
+        super().__init__("localhost", timeout=timeout)
+        self.sock_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.sock_path)
+        self.sock = s
+
+
+def call(sock: str, method: str, path: str, body=None, raw: bytes | None = None,
+         conn: UnixHTTP | None = None) -> tuple[int, dict | None]:
+    """One request; returns the status and the JSON body (None when empty)."""
+    c = conn or UnixHTTP(sock)
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    c.request(method, path, body=data, headers=headers)
+    r = c.getresponse()
+    text = r.read()
+    if conn is None:
+        c.close()
+    return r.status, (json.loads(text) if text else None)
+
+
+def expect_status(got: tuple[int, dict | None], status: int, needle: str = "") -> None:
+    code, body = got
+    msg = (body or {}).get("fault_message", "")
+    expect(code == status, f"expected {status}, got {code}: {body}")
+    if needle:
+        expect(needle.lower() in msg.lower(), f"fault_message {msg!r} lacks {needle!r}")
+
+
+def start_api_ember(ctx, name: str, pre: list[str] | None = None,
+                    flags: list[str] | None = None) -> tuple[VmProcess, str]:
+    """ember serving its API on a socket in the case's directory, no guest configured.
+    Returns once the socket answers."""
+    sock = str(ctx.work / f"{name}.sock")
+    argv = [str(ctx.ember), "--api-sock", sock, "--id", name] + (flags or [])
+    vm = VmProcess(name, argv, ctx.work, pre=pre)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            code, _ = call(sock, "GET", "/")
+            if code == 200:
+                return vm, sock
+        except OSError:
+            pass
+        if time.monotonic() > deadline or vm.proc.poll() is not None:
+            raise AssertionError(f"API socket never answered\n{vm.tail()}")
+        time.sleep(0.05)
+
+
+@case("api_whole_life_configure_start_pause_resume_metrics", timeout=300)
+def _(ctx):
+    disk = ctx.work / "data.img"
+    with open(disk, "wb") as f:
+        f.truncate(16 << 20)
+    metrics = ctx.work / "metrics.jsonl"
+    # The guest writes 4 MiB to its data drive, pings the host, then ticks on the console
+    # 150 times, 0.2 s apart, and reboots (which ends ember with status 0).
+    cmd = ("dd if=/dev/urandom of=/dev/vda bs=1M count=4 conv=fsync 2>/dev/null && "
+           f"echo WROTE-4MIB; ping -c 3 -W 5 {HOST_IP} >/dev/null && echo PINGED; "
+           "i=0; while [ $i -lt 150 ]; do echo TICK $i; i=$((i+1)); sleep 0.2; done")
+    args = guest_cmdline(ctx, "run", f"ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off "
+                                     f'ember_cmd="{cmd}"')
+    with netns("api") as ns:
+        tap(ns, "tap0", f"{HOST_IP}/24")
+        vm, sock = start_api_ember(ctx, "api", pre=["ip", "netns", "exec", ns])
+        code, info = call(sock, "GET", "/")
+        expect(info["state"] == "Not started" and info["id"] == "api", f"GET /: {info}")
+        expect_status(call(sock, "PUT", "/boot-source", {
+            "kernel_image_path": str(ctx.kernel_dir / "vmlinux"),
+            "initrd_path": str(ctx.initramfs), "boot_args": args}), 204)
+        expect_status(call(sock, "PUT", "/machine-config",
+                           {"vcpu_count": 2, "mem_size_mib": 256}), 204)
+        expect_status(call(sock, "PATCH", "/machine-config", {"vcpu_count": 1}), 204)
+        code, mc = call(sock, "GET", "/machine-config")
+        expect(mc["vcpu_count"] == 1 and mc["mem_size_mib"] == 256, f"machine-config: {mc}")
+        expect_status(call(sock, "PUT", "/drives/data", {
+            "drive_id": "data", "path_on_host": str(disk), "is_root_device": False,
+            "is_read_only": False, "cache_type": "Writeback"}), 204)
+        expect_status(call(sock, "PUT", "/network-interfaces/eth0", {
+            "iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:1e:00:02"}), 204)
+        expect_status(call(sock, "PUT", "/metrics", {"metrics_path": str(metrics)}), 204)
+        expect_status(call(sock, "PUT", "/actions", {"action_type": "InstanceStart"}), 204)
+        vm.wait_for(READY, timeout=120)
+        expect(call(sock, "GET", "/")[1]["state"] == "Running", "state after start")
+        # Pre-boot resources are refused now, and say why.
+        expect_status(call(sock, "PUT", "/machine-config",
+                           {"vcpu_count": 2, "mem_size_mib": 256}), 400, "pre-boot")
+        expect_status(call(sock, "PUT", "/actions", {"action_type": "InstanceStart"}), 400,
+                      "already")
+        vm.wait_for("PINGED", timeout=120)
+        vm.wait_for(r"TICK 3\b", timeout=60)
+        # Pause: the console stops.
+        expect_status(call(sock, "PATCH", "/vm", {"state": "Paused"}), 204)
+        expect(call(sock, "GET", "/")[1]["state"] == "Paused", "state after pause")
+        time.sleep(0.5)
+        before = len(vm.lines)
+        time.sleep(3)
+        expect(len(vm.lines) == before,
+               f"the console moved while paused: {vm.lines[before:]}")
+        expect_status(call(sock, "PATCH", "/vm", {"state": "Resumed"}), 204)
+        last = max(int(x.split()[1]) for x in vm.lines if x.startswith("TICK "))
+        vm.wait_for(rf"TICK {last + 2}\b", timeout=60)
+        # Metrics count the guest's traffic.
+        expect_status(call(sock, "PUT", "/actions", {"action_type": "FlushMetrics"}), 204)
+        lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+        expect(len(lines) >= 1, "no metrics line")
+        total = lambda g, k: sum(x.get(g, {}).get(k, 0) for x in lines)
+        expect(total("block_data", "write_bytes") >= 4 << 20,
+               f"block writes {total('block_data', 'write_bytes')} < 4 MiB")
+        expect(total("net", "tx_packets_count") >= 3 and total("net", "rx_packets_count") >= 3,
+               f"net packets: {lines[-1].get('net')}")
+        expect(total("api_server", "put_actions_count") >= 2, f"api: {lines[-1].get('api_server')}")
+        expect(total("vcpu", "exit_mmio_write") > 0, f"vcpu: {lines[-1].get('vcpu')}")
+        code, cfg = call(sock, "GET", "/vm/config")
+        expect(cfg["drives"][0]["drive_id"] == "data" and
+               cfg["network-interfaces"][0]["host_dev_name"] == "tap0", f"vm/config: {cfg}")
+        # The guest's own reboot ends ember with 0; then nobody answers on the socket.
+        expect(vm.wait_exit(timeout=180) == 0, f"ember did not exit 0\n{vm.tail()}")
+        try:
+            call(sock, "GET", "/")
+            raise AssertionError("the API answered after the guest had exited")
+        except OSError:
+            pass
+
+
+@case("api_bad_input_gets_clear_errors_and_the_server_keeps_serving", timeout=240)
+def _(ctx):
+    vm, sock = start_api_ember(ctx, "bad", flags=["--http-api-max-payload-size", "1000"])
+    cases = [
+        ("PUT", "/machine-config", b'{"vcpu_count": 2,', 400, "EOF"),
+        ("PUT", "/machine-config", b'{"vcpu_count": "two", "mem_size_mib": 128}', 400, "vcpu_count"),
+        ("PUT", "/machine-config", b'{"vcpu_count": 1, "mem_size_mib": 128, "x": 1}', 400, "unknown field"),
+        ("PUT", "/machine-config", b'{"vcpu_count": -1, "mem_size_mib": 128}', 400, "vcpu_count"),
+        ("PUT", "/machine-config", b'{"vcpu_count": 1, "mem_size_mib": 1e30}', 400, "mem_size_mib"),
+        ("PUT", "/machine-config", b'{"vcpu_count": 1, "mem_size_mib": 18446744073709551616}', 400, "mem_size_mib"),
+        ("PUT", "/machine-config", b'{"vcpu_count": 64, "mem_size_mib": 128}', 400, "between 1 and 32"),
+        ("PUT", "/machine-config", b'', 400, "JSON body"),
+        ("PUT", "/boot-source", b'[]', 400, "expected struct"),
+        ("PUT", "/drives/a", b'{"drive_id": "b", "path_on_host": "/x", "is_root_device": false}', 400, "does not match"),
+        ("PUT", "/actions", b'{"action_type": "Explode"}', 400, "unknown action_type"),
+        ("PUT", "/actions", b'{"action_type": "FlushMetrics"}', 400, "metrics"),
+        ("PUT", "/actions", b'{"action_type": "InstanceStart"}', 400, "boot source"),
+        ("PATCH", "/vm", b'{"state": "Paused"}', 400, "not been started"),
+        ("PUT", "/nowhere", b'{}', 400, "invalid request path"),
+        ("GET", "/actions", None, 405, "use PUT"),
+        ("PUT", "/vsock", b'{}', 400, "not supported"),
+        ("PUT", "/boot-source", b'{"kernel_image_path": "/k", "x": "' + b"a" * 2000 + b'"}', 400, "larger than the limit"),
+    ]
+    for method, path, raw, status, needle in cases:
+        try:
+            expect_status(call(sock, method, path, raw=raw), status, needle)
+        except AssertionError as e:
+            raise AssertionError(f"{method} {path} {raw[:60] if raw else raw!r}: {e}")
+        expect(call(sock, "GET", "/")[0] == 200, f"not serving after {method} {path}")
+    # A header flood: refused, and the server goes on.
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    s.sendall(b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(100)) + b"\r\n")
+    reply = s.recv(4096).decode(errors="replace")
+    s.close()
+    expect(reply.startswith("HTTP/1.1 400") and "headers" in reply, f"header flood: {reply!r}")
+    # A client that sends half a request and stalls does not hold up another.
+    stall = socket.socket(socket.AF_UNIX)
+    stall.connect(sock)
+    stall.sendall(b"PUT /machine-config HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"vcpu")
+    t0 = time.monotonic()
+    expect(call(sock, "GET", "/")[0] == 200, "blocked by a stalled client")
+    expect(time.monotonic() - t0 < 10, "a stalled client delayed another by 10 s")
+    # 1000 sequential requests on fresh connections: no descriptor leak.
+    fds = lambda: len(os.listdir(f"/proc/{vm.proc.pid}/fd"))
+    before = fds()
+    for i in range(1000):
+        expect(call(sock, "GET", "/version")[0] == 200, f"request {i} failed")
+    expect(fds() <= before + 1, f"descriptors grew from {before} to {fds()}")
+    # And 200 on one keep-alive connection.
+    c = UnixHTTP(sock)
+    for i in range(200):
+        expect(call(sock, "GET", "/", conn=c)[0] == 200, f"keep-alive request {i} failed")
+    c.close()
+    stall.close()
+    expect(vm.proc.poll() is None, "ember exited")
+    vm.kill()
+
+
+@case("api_socket_and_flags")
+def _(ctx):
+    # A stale socket file is replaced; the socket is 0600.
+    stale = ctx.work / "stale.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(stale))
+    s.close()
+    vm = VmProcess("stale", [str(ctx.ember), "--api-sock", str(stale)], ctx.work)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if call(str(stale), "GET", "/version")[0] == 200:
+                break
+        except OSError:
+            pass
+        expect(time.monotonic() < deadline, f"no API on the stale path\n{vm.tail()}")
+        time.sleep(0.05)
+    expect(oct(os.stat(stale).st_mode & 0o777) == "0o600", "socket mode is not 0600")
+    vm.kill()
+    # A regular file in the way is not removed.
+    plain = ctx.work / "plain"
+    plain.write_text("keep me")
+    import subprocess
+    r = subprocess.run([str(ctx.ember), "--api-sock", str(plain)], capture_output=True,
+                       text=True, timeout=30)
+    expect(r.returncode != 0 and "not a socket" in r.stderr, f"plain file: {r.stderr!r}")
+    expect(plain.read_text() == "keep me", "the file in the way was touched")
+    # Flags ember does not implement are refused by name.
+    for flag in (["--no-seccomp"], ["--boot-timer"], ["--enable-pci"],
+                 ["--seccomp-filter", "/x"]):
+        r = subprocess.run([str(ctx.ember), "--api-sock", str(ctx.work / "f.sock")] + flag,
+                           capture_output=True, text=True, timeout=30)
+        expect(r.returncode != 0 and flag[0] in r.stderr and "not supported" in r.stderr,
+               f"{flag}: {r.stderr!r}")
+    r = subprocess.run([str(ctx.ember), "--version"], capture_output=True, text=True, timeout=30)
+    expect(r.returncode == 0 and "ember" in r.stdout, f"--version: {r.stdout!r}")
