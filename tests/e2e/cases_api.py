@@ -70,17 +70,22 @@ def start_api_ember(ctx, name: str, pre: list[str] | None = None,
         time.sleep(0.05)
 
 
-@case("api_whole_life_configure_start_pause_resume_metrics", timeout=300)
+@case("api_whole_life_start_pause_resume_patch_drive_metrics_ctrl_alt_del", timeout=300)
 def _(ctx):
     disk = ctx.work / "data.img"
     with open(disk, "wb") as f:
         f.truncate(16 << 20)
     metrics = ctx.work / "metrics.jsonl"
     # The guest writes 4 MiB to its data drive, pings the host, then ticks on the console
-    # 150 times, 0.2 s apart, and reboots (which ends ember with status 0).
+    # (0.2 s apart) until SendCtrlAltDel reboots it, which ends ember with status 0. While it ticks
+    # it watches the drive's size: when it changes (PATCH /drives swapped the file), it
+    # prints the new size and the first bytes read from the drive.
     cmd = ("dd if=/dev/urandom of=/dev/vda bs=1M count=4 conv=fsync 2>/dev/null && "
            f"echo WROTE-4MIB; ping -c 3 -W 5 {HOST_IP} >/dev/null && echo PINGED; "
-           "i=0; while [ $i -lt 150 ]; do echo TICK $i; i=$((i+1)); sleep 0.2; done")
+           "old=$(cat /sys/block/vda/size); i=0; while [ $i -lt 1500 ]; do echo TICK $i; "
+           "i=$((i+1)); sleep 0.2; s=$(cat /sys/block/vda/size); if [ $s != $old ]; then "
+           "echo 3 > /proc/sys/vm/drop_caches; echo NEWDISK size=$s head=$(head -c 18 /dev/vda); "
+           "old=$s; fi; done")
     args = guest_cmdline(ctx, "run", f"ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off "
                                      f'ember_cmd="{cmd}"')
     with netns("api") as ns:
@@ -134,11 +139,27 @@ def _(ctx):
                f"net packets: {lines[-1].get('net')}")
         expect(total("api_server", "put_actions_count") >= 2, f"api: {lines[-1].get('api_server')}")
         expect(total("vcpu", "exit_mmio_write") > 0, f"vcpu: {lines[-1].get('vcpu')}")
+        # PATCH /drives swaps the backing file under the running guest, which sees the new
+        # capacity and the new file's bytes.
+        swapped = ctx.work / "swapped.img"
+        with open(swapped, "wb") as f:
+            f.write(b"EMBER-SWAPPED-DISK")
+            f.truncate(32 << 20)
+        expect_status(call(sock, "PATCH", "/drives/data",
+                           {"drive_id": "data", "path_on_host": str(swapped)}), 204)
+        vm.wait_for(r"NEWDISK size=65536 head=EMBER-SWAPPED-DISK", timeout=60)
+        expect_status(call(sock, "PATCH", "/drives/data",
+                           {"drive_id": "data", "path_on_host": str(ctx.work / "missing")}),
+                      400, "missing")
+        expect_status(call(sock, "PATCH", "/drives/nope",
+                           {"drive_id": "nope", "path_on_host": str(swapped)}), 400, "no drive")
         code, cfg = call(sock, "GET", "/vm/config")
-        expect(cfg["drives"][0]["drive_id"] == "data" and
+        expect(cfg["drives"][0]["path_on_host"] == str(swapped) and
                cfg["network-interfaces"][0]["host_dev_name"] == "tap0", f"vm/config: {cfg}")
-        # The guest's own reboot ends ember with 0; then nobody answers on the socket.
-        expect(vm.wait_exit(timeout=180) == 0, f"ember did not exit 0\n{vm.tail()}")
+        # Ctrl-Alt-Del through the keyboard controller: the guest reboots, ember exits 0,
+        # and then nobody answers on the socket.
+        expect_status(call(sock, "PUT", "/actions", {"action_type": "SendCtrlAltDel"}), 204)
+        expect(vm.wait_exit(timeout=120) == 0, f"ember did not exit 0\n{vm.tail()}")
         try:
             call(sock, "GET", "/")
             raise AssertionError("the API answered after the guest had exited")
@@ -164,6 +185,8 @@ def _(ctx):
         ("PUT", "/actions", b'{"action_type": "FlushMetrics"}', 400, "metrics"),
         ("PUT", "/actions", b'{"action_type": "InstanceStart"}', 400, "boot source"),
         ("PATCH", "/vm", b'{"state": "Paused"}', 400, "not been started"),
+        ("PUT", "/actions", b'{"action_type": "SendCtrlAltDel"}', 400, "not been started"),
+        ("PATCH", "/drives/x", b'{"drive_id": "x", "path_on_host": "/y"}', 400, "running guest"),
         ("PUT", "/nowhere", b'{}', 400, "invalid request path"),
         ("GET", "/actions", None, 405, "use PUT"),
         ("PUT", "/vsock", b'{}', 400, "not supported"),

@@ -28,8 +28,11 @@ def guest_cmdline(ctx: Ctx, mode: str = "reboot", extra: str = "", reboot: str =
     """The test guests' kernel command line. `noxsave` is added only under emulation:
     TCG's SVM does not intercept XSETBV (see shared notes); `quiet` because every console
     byte is a VM exit. `reboot=k` resets through the i8042 (ember); QEMU's microvm has no
-    i8042, so it is given `reboot=t` (triple fault)."""
-    args = f"console=ttyS0 reboot={reboot} panic=1 pci=off quiet"
+    i8042, so it is given `reboot=t` (triple fault). The i8042 options are Firecracker's
+    defaults: ember's keyboard controller has no mouse port and a keyboard that is not
+    probed (SendCtrlAltDel types into it)."""
+    args = (f"console=ttyS0 reboot={reboot} panic=1 pci=off quiet "
+            "i8042.noaux i8042.nomux i8042.dumbkbd")
     if ctx.emulated:
         args += " noxsave"
     args += f" ember_mode={mode}"

@@ -178,6 +178,12 @@ fn run(args: Args) -> Result<(), String> {
             api::ApiServer::bind(&args.api_sock, args.max_payload).map_err(|e| e.to_string())?;
         ctl.set_api_counters(server.counters());
         server.start().map_err(|e| e.to_string())?;
+        if let Some(t0) = args.start_time_us {
+            log::info!(
+                "exec to API ready: {} us",
+                monotonic_us().saturating_sub(t0)
+            );
+        }
         Some(link)
     };
     let _raw = terminal::RawTerminal::enable();
@@ -193,10 +199,13 @@ fn run(args: Args) -> Result<(), String> {
         (None, None) => return Err("--no-api needs --config-file".into()),
     };
     let mut vmm = vmm;
-    vmm.add_subscriber(std::sync::Arc::new(std::sync::Mutex::new(
-        vmm::rpc::ApiSubscriber::new(ctl, link),
+    let api = std::sync::Arc::new(std::sync::Mutex::new(vmm::rpc::ApiSubscriber::new(
+        ctl, link,
     )));
-    vmm.run_until_end().map_err(|e| e.to_string())
+    vmm.add_subscriber(api.clone());
+    let end = vmm.run_until_end().map_err(|e| e.to_string());
+    api.lock().unwrap_or_else(|p| p.into_inner()).final_flush();
+    end
 }
 
 fn main() -> ExitCode {

@@ -12,9 +12,9 @@ use crate::vstate::vcpu::{FirstRunHook, StopNotifier, Vcpu, VcpuControl, VcpuErr
 use crate::vstate::vm::{Vm, VmError};
 use arch::boot::{self, BootError, BootSetup};
 use arch::layout::CMDLINE_MAX_SIZE;
-use devices::i8042::{I8042, I8042_LEN, I8042_PORT};
+use devices::i8042::{I8042, I8042_LEN, I8042_PORT, KBD_IRQ};
 use devices::serial::{SerialDevice, COM1_IRQ, COM1_LEN, COM1_PORT};
-use devices::virtio::block::{Block, DiskError, DiskFile};
+use devices::virtio::block::{Block, DiskError, DiskFile, DiskSwap};
 use devices::virtio::net::{Net, NetConfig, Tap, TapError};
 use devices::{Bus, BusError};
 use linux_loader::cmdline::Cmdline;
@@ -153,6 +153,8 @@ pub struct Runtime {
     pub metrics: Sources,
     /// The keyboard controller (Ctrl-Alt-Del).
     pub i8042: Arc<Mutex<I8042>>,
+    /// Each drive as configured, and where a new backing file is handed to it.
+    pub drives: Vec<(DriveSpec, Arc<DiskSwap>)>,
 }
 
 /// A built, running VM.
@@ -259,9 +261,11 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
     let mut mmio = Bus::new();
     let mut device_manager = MmioDeviceManager::new();
     let mut sources = Sources::default();
+    let mut swaps = Vec::new();
     for (spec, disk) in res.drives.iter().zip(disks) {
-        let block = Block::new(&spec.id, disk);
+        let block = Block::new(&spec.id, disk).map_err(BuildError::EventFd)?;
         sources.block.push((spec.id.clone(), block.counters()));
+        swaps.push((spec.clone(), block.swap_handle()));
         device_manager.attach(&vm, &guest_mem, &mut mmio, &mut cmdline, Box::new(block))?;
     }
     for (spec, tap) in res.net.iter().zip(taps) {
@@ -299,9 +303,11 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
         rx_drained.try_clone().map_err(BuildError::EventFd)?,
     )));
     let reset_evt = new_evt()?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(
-        reset_evt.try_clone().map_err(BuildError::EventFd)?,
-    )));
+    let kbd_irq = new_evt()?;
+    vm.register_irqfd(&kbd_irq, KBD_IRQ)?;
+    let i8042 = Arc::new(Mutex::new(
+        I8042::new(reset_evt.try_clone().map_err(BuildError::EventFd)?).with_keyboard_irq(kbd_irq),
+    ));
     let mut pio = Bus::new();
     pio.insert(serial.clone(), COM1_PORT, COM1_LEN)?;
     pio.insert(i8042.clone(), I8042_PORT, I8042_LEN)?;
@@ -361,6 +367,7 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
             vcpus: sources.vcpus.clone(),
             metrics: sources,
             i8042,
+            drives: swaps,
         },
     })
 }

@@ -13,6 +13,7 @@ use crate::net_config::NetworkInterfaceConfig;
 use crate::vstate::vcpu;
 use api::server::{ApiCounters, VmmLink};
 use api::{Action, Response};
+use devices::virtio::block::DiskFile;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use serde::Deserialize;
 use serde_json::json;
@@ -68,6 +69,16 @@ pub struct Controller {
 #[serde(deny_unknown_fields)]
 struct ActionBody {
     action_type: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrivePatch {
+    drive_id: String,
+    #[serde(default)]
+    path_on_host: Option<String>,
+    #[serde(default)]
+    rate_limiter: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -217,12 +228,14 @@ impl Controller {
                 "firecracker_version": env!("CARGO_PKG_VERSION"),
             })))),
             Action::GetVmConfig => {
-                let v = serde_json::to_value(&self.config).map_err(|e| Response::fault(500, e.to_string()))?;
+                let v = serde_json::to_value(&self.config)
+                    .map_err(|e| Response::fault(500, e.to_string()))?;
                 Ok(Outcome::Answer(Response::json(&v)))
             }
             Action::GetMachineConfig => {
                 let m = self.machine();
-                let v = serde_json::to_value(&m).map_err(|e| Response::fault(500, e.to_string()))?;
+                let v =
+                    serde_json::to_value(&m).map_err(|e| Response::fault(500, e.to_string()))?;
                 Ok(Outcome::Answer(Response::json(&v)))
             }
             Action::PutBootSource(body) => {
@@ -275,9 +288,37 @@ impl Controller {
                 self.config.drives = drives;
                 ok()
             }
-            Action::PatchDrive(id, _) => Err(bad(format!(
-                "PATCH /drives/{id}: changing a drive after start is not supported by this build of ember"
-            ))),
+            Action::PatchDrive(id, body) => {
+                let p: DrivePatch = parse(&body)?;
+                if p.drive_id != id {
+                    return Err(bad(format!(
+                        "the drive id in the path ({id:?}) does not match the one in the body ({:?})",
+                        p.drive_id
+                    )));
+                }
+                if p.rate_limiter.is_some() {
+                    return Err(bad("drives: rate_limiter is not supported by ember"));
+                }
+                let Some(rt) = self.runtime.as_ref() else {
+                    return Err(bad(
+                        "PATCH /drives is for a running guest; before InstanceStart use PUT",
+                    ));
+                };
+                let Some((spec, swap)) = rt.drives.iter().find(|(d, _)| d.id == id) else {
+                    return Err(bad(format!("no drive with id {id:?}")));
+                };
+                let Some(path) = p.path_on_host else {
+                    return ok();
+                };
+                let disk = DiskFile::open(std::path::Path::new(&path), spec.read_only, spec.cache)
+                    .map_err(|e| bad(format!("drive {id:?} ({path}): {e}")))?;
+                swap.request(disk)
+                    .map_err(|e| Response::fault(500, format!("drive {id:?}: {e}")))?;
+                if let Some(d) = self.config.drives.iter_mut().find(|d| d.drive_id == id) {
+                    d.path_on_host = Some(path);
+                }
+                ok()
+            }
             Action::PutNetworkInterface(id, body) => {
                 self.pre_boot("a network interface")?;
                 let n: NetworkInterfaceConfig = parse(&body)?;
@@ -322,9 +363,17 @@ impl Controller {
                         self.flush_metrics().map_err(bad)?;
                         ok()
                     }
-                    "SendCtrlAltDel" => Err(bad(
-                        "SendCtrlAltDel is not supported by this build of ember (no i8042 keyboard yet)",
-                    )),
+                    "SendCtrlAltDel" => {
+                        let Some(rt) = self.runtime.as_ref() else {
+                            return Err(bad("SendCtrlAltDel: the guest has not been started"));
+                        };
+                        rt.i8042
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .ctrl_alt_del()
+                            .map_err(|e| bad(format!("SendCtrlAltDel: {e}")))?;
+                        ok()
+                    }
                     other => Err(bad(format!(
                         "unknown action_type {:?}: expected InstanceStart, SendCtrlAltDel or FlushMetrics",
                         api::http::printable(other)
@@ -416,6 +465,14 @@ impl ApiSubscriber {
             Some(t)
         });
         ApiSubscriber { ctl, link, timer }
+    }
+
+    /// Writes a last metrics line (when the guest has ended), so every count is in the
+    /// file.
+    pub fn final_flush(&mut self) {
+        if let Err(e) = self.ctl.flush_metrics() {
+            log::warn!("metrics: {e}");
+        }
     }
 }
 

@@ -8,7 +8,7 @@ pub mod request;
 pub mod worker;
 
 pub use disk::{CacheType, DiskError, DiskFile};
-pub use worker::BlockCounters;
+pub use worker::{BlockCounters, DiskSwap};
 
 use super::{
     read_config_bytes, ActivateError, Activation, DeviceThread, VirtioDevice, F_EVENT_IDX,
@@ -42,11 +42,12 @@ pub struct Block {
     config: [u8; CONFIG_LEN],
     queue_sizes: [u16; 1],
     counters: Arc<BlockCounters>,
+    swap: Arc<DiskSwap>,
 }
 
 impl Block {
     /// A block device named `id` (its get-id serial) on `disk`.
-    pub fn new(id: &str, disk: DiskFile) -> Self {
+    pub fn new(id: &str, disk: DiskFile) -> std::io::Result<Self> {
         let mut features =
             1u64 << F_VERSION_1 | 1 << F_EVENT_IDX | 1 << F_INDIRECT_DESC | 1 << F_SEG_MAX;
         if disk.read_only() {
@@ -59,7 +60,8 @@ impl Block {
         config[0..8].copy_from_slice(&(disk.size() / disk::SECTOR_SIZE).to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         let counters = Arc::new(BlockCounters::default());
-        Self {
+        let swap = Arc::new(DiskSwap::new(disk.size() / disk::SECTOR_SIZE)?);
+        Ok(Self {
             id: id.to_string(),
             handler: Some(RequestHandler::new(disk, id, counters.clone())),
             running: None,
@@ -67,7 +69,13 @@ impl Block {
             config,
             queue_sizes: [QUEUE_SIZE],
             counters,
-        }
+            swap,
+        })
+    }
+
+    /// Where a new backing file for this drive is handed in after boot.
+    pub fn swap_handle(&self) -> Arc<DiskSwap> {
+        self.swap.clone()
     }
 
     /// The drive id.
@@ -95,7 +103,10 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+        let mut config = self.config;
+        // The capacity follows a swapped backing file.
+        config[0..8].copy_from_slice(&self.swap.sectors().to_le_bytes());
+        read_config_bytes(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
@@ -112,13 +123,16 @@ impl VirtioDevice for Block {
         if !virtio_queue::QueueT::is_valid(&queue, a.mem.as_ref()) {
             return Err(ActivateError::QueueNotReady(0));
         }
-        let handler = self.handler.take().ok_or(ActivateError::BadState)?;
+        let mut handler = self.handler.take().ok_or(ActivateError::BadState)?;
+        // A file swapped in while no thread ran.
+        self.swap.apply(&mut handler);
         let (mem, interrupt) = (a.mem, a.interrupt);
+        let swap = self.swap.clone();
         // If the thread cannot start, the handler is lost with the closure and the device
         // cannot be activated again (reported as BadState).
         self.running = Some(DeviceThread::spawn(
             format!("blk-{}", self.id),
-            move |stop| worker::run(handler, queue, mem, interrupt, queue_evt, stop),
+            move |stop| worker::run(handler, queue, mem, interrupt, queue_evt, stop, swap),
         )?);
         Ok(())
     }

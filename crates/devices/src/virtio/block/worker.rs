@@ -74,6 +74,12 @@ impl RequestHandler {
         }
     }
 
+    /// Puts `disk` in place of the current one (a drive's backing file swapped after
+    /// boot); the old file is closed, its lock released.
+    pub fn replace_disk(&mut self, disk: DiskFile) {
+        self.disk = disk;
+    }
+
     /// The disk.
     pub fn disk(&self) -> &DiskFile {
         &self.disk
@@ -214,17 +220,25 @@ impl RequestHandler {
     }
 }
 
-/// Runs the queue until `stop` fires; returns the handler for a later activation.
+/// Runs the queue until `stop` fires; returns the handler for a later activation. A disk
+/// swapped in through `swap` replaces the current one between requests, and the guest is
+/// told of the new capacity by a configuration-change interrupt.
 pub fn run(
-    handler: RequestHandler,
+    mut handler: RequestHandler,
     mut queue: Queue,
     mem: Arc<GuestMemoryMmap>,
     interrupt: Arc<Interrupt>,
     queue_evt: EventFd,
     stop: EventFd,
+    swap: Arc<DiskSwap>,
 ) -> RequestHandler {
     use std::os::unix::io::AsRawFd;
     let mut fds = [
+        libc::pollfd {
+            fd: swap.evt.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
         libc::pollfd {
             fd: queue_evt.as_raw_fd(),
             events: libc::POLLIN,
@@ -251,7 +265,7 @@ pub fn run(
                 }
             }
         }
-        // SAFETY: `fds` is a valid array of two pollfds that lives across the call.
+        // SAFETY: `fds` is a valid array of pollfds that lives across the call.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if r < 0 {
             let e = io::Error::last_os_error();
@@ -264,10 +278,65 @@ pub fn run(
             let _ = stop.read();
             return handler;
         }
-        if fds[1].revents != 0 {
+        if fds[2].revents != 0 {
             let _ = stop.read();
             return handler;
         }
-        pending = fds[0].revents != 0 && queue_evt.read().is_ok();
+        if fds[0].revents != 0 {
+            let _ = swap.evt.read();
+            if swap.apply(&mut handler) {
+                interrupt.trigger(InterruptKind::Config);
+            }
+        }
+        pending = fds[1].revents != 0 && queue_evt.read().is_ok();
+    }
+}
+
+/// A new backing file for a running drive, handed from the VMM thread to the drive's
+/// I/O thread, and the capacity the guest reads from config space.
+#[derive(Debug)]
+pub struct DiskSwap {
+    pending: std::sync::Mutex<Option<DiskFile>>,
+    evt: EventFd,
+    sectors: std::sync::atomic::AtomicU64,
+}
+
+impl DiskSwap {
+    /// For a drive of `sectors` sectors.
+    pub fn new(sectors: u64) -> io::Result<Self> {
+        Ok(DiskSwap {
+            pending: std::sync::Mutex::new(None),
+            evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            sectors: std::sync::atomic::AtomicU64::new(sectors),
+        })
+    }
+
+    /// Asks for `disk` to replace the drive's file; applied between requests.
+    pub fn request(&self, disk: DiskFile) -> io::Result<()> {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(disk);
+        self.evt.write(1)
+    }
+
+    /// The capacity in sectors the guest should see.
+    pub fn sectors(&self) -> u64 {
+        self.sectors.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Applies a pending swap to `handler`; returns whether there was one.
+    pub fn apply(&self, handler: &mut RequestHandler) -> bool {
+        let Some(disk) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return false;
+        };
+        self.sectors.store(
+            disk.size() / SECTOR_SIZE,
+            std::sync::atomic::Ordering::Release,
+        );
+        handler.replace_disk(disk);
+        true
     }
 }

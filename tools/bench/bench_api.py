@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""API benchmark: how soon a fresh ember answers on its socket, and how long requests take.
+
+- exec -> API ready: the time from spawning `ember --api-sock S` (posix_spawn, from a
+  monotonic timestamp taken just before) to the first `GET /` answered with 200, polled
+  as fast as the client can; also ember's own figure for exec -> socket listening (it logs
+  `exec to API ready: N us` at Info when given `--start-time-us`). Median/min/max of RUNS.
+- Latency of `GET /` and `PUT /machine-config` on one keep-alive connection, REQUESTS of
+  each after a warm-up: p50, p99, max.
+
+No guest is started, so this runs on this machine directly whatever its /dev/kvm is.
+Usage: tools/bench/bench_api.py [RUNS] [REQUESTS]   (default 30 and 2000)"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+REQUESTS = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
+
+
+def request(s: socket.socket, method: str, path: str, body: bytes = b"") -> int:
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    s.sendall(head.encode() + body)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    m = re.search(rb"Content-Length: (\d+)", head)
+    need = int(m.group(1)) if m else 0
+    while len(rest) < need:
+        rest += s.recv(4096)
+    return int(head.split()[1])
+
+
+def ready_once(ember: str, sock: str) -> tuple[float, float | None]:
+    """(ms from spawn to the first 200 to GET /, ember's own exec -> listening in ms)."""
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    t0 = time.monotonic()
+    pid = os.posix_spawn(ember, [ember, "--api-sock", sock, "--level", "Info",
+                                 "--log-path", log.name,
+                                 "--start-time-us", str(int(t0 * 1_000_000))], os.environ)
+    try:
+        while True:
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(sock)
+                if request(s, "GET", "/") == 200:
+                    took = (time.monotonic() - t0) * 1000
+                    break
+            except OSError:
+                pass
+            finally:
+                s.close()
+            if time.monotonic() - t0 > 10:
+                raise RuntimeError("ember did not answer within 10 s")
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    m = re.search(r"exec to API ready: (\d+) us", Path(log.name).read_text())
+    os.unlink(log.name)
+    return took, (int(m.group(1)) / 1000 if m else None)
+
+
+def latencies(sock: str, method: str, path: str, body: bytes) -> list[float]:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    for _ in range(100):
+        request(s, method, path, body)
+    out = []
+    for _ in range(REQUESTS):
+        t = time.perf_counter()
+        status = request(s, method, path, body)
+        out.append((time.perf_counter() - t) * 1e6)
+        if status not in (200, 204):
+            raise RuntimeError(f"{method} {path}: {status}")
+    s.close()
+    return out
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))]
+
+
+def main() -> int:
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ember"], check=True, cwd=ROOT)
+    ember = str(ROOT / "target/release/ember")
+    work = Path(tempfile.mkdtemp(prefix="ember-bench-api-"))
+    sock = str(work / "api.sock")
+    client, own = [], []
+    for _ in range(RUNS):
+        c, o = ready_once(ember, sock)
+        client.append(c)
+        if o is not None:
+            own.append(o)
+    p = subprocess.Popen([ember, "--api-sock", sock], stdout=subprocess.DEVNULL)
+    while not os.path.exists(sock):
+        time.sleep(0.001)
+    time.sleep(0.05)
+    get = latencies(sock, "GET", "/", b"")
+    put = latencies(sock, "PUT", "/machine-config", b'{"vcpu_count": 2, "mem_size_mib": 256}')
+    p.kill()
+    p.wait()
+    print(f"API benchmark on this machine, ember at {ROOT}")
+    print(f"{'metric':<52} {'median':>9} {'min':>9} {'max':>9}")
+    print(f"{'exec -> GET / answered (client), ms':<52} {statistics.median(client):>9.2f} "
+          f"{min(client):>9.2f} {max(client):>9.2f}   ({RUNS} runs)")
+    if own:
+        print(f"{'exec -> socket listening (ember log), ms':<52} {statistics.median(own):>9.2f} "
+              f"{min(own):>9.2f} {max(own):>9.2f}   ({len(own)} runs)")
+    print(f"{'metric':<52} {'p50':>9} {'p99':>9} {'max':>9}")
+    for name, xs in (("GET / latency, us", get), ("PUT /machine-config latency, us", put)):
+        print(f"{name:<52} {pct(xs, .5):>9.1f} {pct(xs, .99):>9.1f} {max(xs):>9.1f}   "
+              f"({REQUESTS} requests, keep-alive)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
