@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import socket
+import subprocess
 import time
 
 from cases_net import HOST_IP, GUEST_IP, netns, tap
@@ -125,6 +126,16 @@ def _(ctx):
         time.sleep(3)
         expect(len(vm.lines) == before,
                f"the console moved while paused: {vm.lines[before:]}")
+        # Devices are quiet too: frames sent to a paused guest wait in the tap; the net
+        # device takes none (its counters don't move between two lines taken while paused).
+        expect_status(call(sock, "PUT", "/actions", {"action_type": "FlushMetrics"}), 204)
+        subprocess.run(["ip", "netns", "exec", ns, "busybox", "ping", "-c", "3", "-W", "1",
+                        GUEST_IP], capture_output=True, timeout=30)
+        expect_status(call(sock, "PUT", "/actions", {"action_type": "FlushMetrics"}), 204)
+        paused_line = json.loads(metrics.read_text().splitlines()[-1])
+        expect(paused_line["net"]["rx_packets_count"] == 0 and
+               paused_line["net"]["tx_packets_count"] == 0,
+               f"the net device moved frames while paused: {paused_line['net']}")
         expect_status(call(sock, "PATCH", "/vm", {"state": "Resumed"}), 204)
         last = max(int(x.split()[1]) for x in vm.lines if x.startswith("TICK "))
         vm.wait_for(rf"TICK {last + 2}\b", timeout=60)

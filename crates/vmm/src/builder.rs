@@ -16,6 +16,7 @@ use devices::i8042::{I8042, I8042_LEN, I8042_PORT, KBD_IRQ};
 use devices::serial::{SerialDevice, COM1_IRQ, COM1_LEN, COM1_PORT};
 use devices::virtio::block::{Block, DiskError, DiskFile, DiskSwap};
 use devices::virtio::net::{Net, NetConfig, Tap, TapError};
+use devices::virtio::DevicePause;
 use devices::{Bus, BusError};
 use linux_loader::cmdline::Cmdline;
 use std::fs::{File, OpenOptions};
@@ -155,6 +156,8 @@ pub struct Runtime {
     pub i8042: Arc<Mutex<I8042>>,
     /// Each drive as configured, and where a new backing file is handed to it.
     pub drives: Vec<(DriveSpec, Arc<DiskSwap>)>,
+    /// Every virtio device's pause switch.
+    pub devices: Vec<Arc<DevicePause>>,
 }
 
 /// A built, running VM.
@@ -262,10 +265,12 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
     let mut device_manager = MmioDeviceManager::new();
     let mut sources = Sources::default();
     let mut swaps = Vec::new();
+    let mut device_pauses = Vec::new();
     for (spec, disk) in res.drives.iter().zip(disks) {
         let block = Block::new(&spec.id, disk).map_err(BuildError::EventFd)?;
         sources.block.push((spec.id.clone(), block.counters()));
         swaps.push((spec.clone(), block.swap_handle()));
+        device_pauses.push(block.pause_handle());
         device_manager.attach(&vm, &guest_mem, &mut mmio, &mut cmdline, Box::new(block))?;
     }
     for (spec, tap) in res.net.iter().zip(taps) {
@@ -274,7 +279,8 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
             mac: spec.mac,
             mtu: spec.mtu,
         };
-        let net = Net::new(&cfg, tap);
+        let net = Net::new(&cfg, tap).map_err(BuildError::EventFd)?;
+        device_pauses.push(net.pause_handle());
         sources.net.push((spec.id.clone(), net.counters()));
         device_manager.attach(&vm, &guest_mem, &mut mmio, &mut cmdline, Box::new(net))?;
     }
@@ -368,6 +374,7 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
             metrics: sources,
             i8042,
             drives: swaps,
+            devices: device_pauses,
         },
     })
 }

@@ -26,6 +26,16 @@ use vmm_sys_util::timerfd::TimerFd;
 /// Most time a pause may take before it is reported as failed.
 const PAUSE_WITHIN: Duration = Duration::from_millis(10);
 
+/// Most time a device may take to finish its current request when the VM pauses.
+const DEVICE_PAUSE_WITHIN: Duration = Duration::from_secs(1);
+
+fn resume(rt: &Runtime) {
+    for d in &rt.devices {
+        d.resume();
+    }
+    vcpu::resume_all(&rt.vcpus);
+}
+
 /// Applies a `logger` configuration (ember's logger lives in the binary).
 pub type LoggerHook = Box<dyn FnMut(&LoggerConfig) -> Result<(), String> + Send>;
 
@@ -392,12 +402,21 @@ impl Controller {
                                 vcpu::resume_all(&rt.vcpus);
                                 Response::fault(500, e)
                             })?;
+                            // With the vCPUs stopped no new request arrives; each device
+                            // finishes the one it is on and parks.
+                            if !rt.devices.iter().all(|d| d.pause(DEVICE_PAUSE_WITHIN)) {
+                                resume(rt);
+                                return Err(Response::fault(
+                                    500,
+                                    "a device did not stop within 1 s; the VM keeps running",
+                                ));
+                            }
                             self.state = State::Paused;
                         }
                         ok()
                     }
                     "Resumed" => {
-                        vcpu::resume_all(&rt.vcpus);
+                        resume(rt);
                         self.state = State::Running;
                         ok()
                     }

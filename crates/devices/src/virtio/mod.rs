@@ -13,9 +13,11 @@ mod device_thread;
 mod interrupt;
 pub mod mmio;
 pub mod net;
+pub mod pause;
 
 pub use device_thread::{read_config_bytes, DeviceThread};
 pub use interrupt::{Interrupt, InterruptKind};
+pub use pause::DevicePause;
 
 use std::sync::Arc;
 use thiserror::Error;

@@ -11,8 +11,8 @@ pub use disk::{CacheType, DiskError, DiskFile};
 pub use worker::{BlockCounters, DiskSwap};
 
 use super::{
-    read_config_bytes, ActivateError, Activation, DeviceThread, VirtioDevice, F_EVENT_IDX,
-    F_INDIRECT_DESC, F_VERSION_1, TYPE_BLOCK,
+    read_config_bytes, ActivateError, Activation, DevicePause, DeviceThread, VirtioDevice,
+    F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, TYPE_BLOCK,
 };
 use std::sync::Arc;
 use worker::RequestHandler;
@@ -43,6 +43,7 @@ pub struct Block {
     queue_sizes: [u16; 1],
     counters: Arc<BlockCounters>,
     swap: Arc<DiskSwap>,
+    pause: Arc<DevicePause>,
 }
 
 impl Block {
@@ -70,7 +71,13 @@ impl Block {
             queue_sizes: [QUEUE_SIZE],
             counters,
             swap,
+            pause: Arc::new(DevicePause::new()?),
         })
+    }
+
+    /// The switch that pauses this drive's I/O thread.
+    pub fn pause_handle(&self) -> Arc<DevicePause> {
+        self.pause.clone()
     }
 
     /// Where a new backing file for this drive is handed in after boot.
@@ -127,12 +134,21 @@ impl VirtioDevice for Block {
         // A file swapped in while no thread ran.
         self.swap.apply(&mut handler);
         let (mem, interrupt) = (a.mem, a.interrupt);
-        let swap = self.swap.clone();
+        let handles = worker::Handles {
+            swap: self.swap.clone(),
+            pause: self.pause.clone(),
+        };
         // If the thread cannot start, the handler is lost with the closure and the device
         // cannot be activated again (reported as BadState).
         self.running = Some(DeviceThread::spawn(
             format!("blk-{}", self.id),
-            move |stop| worker::run(handler, queue, mem, interrupt, queue_evt, stop, swap),
+            move |stop| {
+                handles.pause.attach();
+                let handler =
+                    worker::run(handler, queue, mem, interrupt, queue_evt, stop, &handles);
+                handles.pause.detach();
+                handler
+            },
         )?);
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 use super::disk::{DiskFile, SECTOR_SIZE};
 use super::request::{self, Request, RequestError, RequestKind, ID_BYTES, S_IOERR, S_OK, S_UNSUPP};
+use crate::virtio::DevicePause;
 use crate::virtio::{Interrupt, InterruptKind};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -230,10 +231,16 @@ pub fn run(
     interrupt: Arc<Interrupt>,
     queue_evt: EventFd,
     stop: EventFd,
-    swap: Arc<DiskSwap>,
+    handles: &Handles,
 ) -> RequestHandler {
+    let (swap, pause) = (&handles.swap, &handles.pause);
     use std::os::unix::io::AsRawFd;
     let mut fds = [
+        libc::pollfd {
+            fd: pause.evt().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
         libc::pollfd {
             fd: swap.evt.as_raw_fd(),
             events: libc::POLLIN,
@@ -254,7 +261,10 @@ pub fn run(
     // Requests queued before the first notification (possible after a reset) are served.
     let mut pending = true;
     loop {
-        if pending && !broken {
+        // While paused, notifications are remembered and served after resume.
+        let paused = pause.check();
+        if pending && !broken && !paused {
+            pending = false;
             match handler.process_queue(&mut queue, &mem) {
                 Ok(true) => interrupt.trigger(InterruptKind::Vring),
                 Ok(false) => {}
@@ -270,7 +280,6 @@ pub fn run(
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
-                pending = false;
                 continue;
             }
             log::error!("block: poll failed: {e}; the device stops");
@@ -278,18 +287,28 @@ pub fn run(
             let _ = stop.read();
             return handler;
         }
-        if fds[2].revents != 0 {
+        if fds[3].revents != 0 {
             let _ = stop.read();
             return handler;
         }
-        if fds[0].revents != 0 {
+        if fds[1].revents != 0 {
             let _ = swap.evt.read();
             if swap.apply(&mut handler) {
                 interrupt.trigger(InterruptKind::Config);
             }
         }
-        pending = fds[1].revents != 0 && queue_evt.read().is_ok();
+        if fds[2].revents != 0 && queue_evt.read().is_ok() {
+            pending = true;
+        }
     }
+}
+
+/// What the VMM thread reaches a running drive's thread with.
+pub struct Handles {
+    /// Backing-file swaps.
+    pub swap: Arc<DiskSwap>,
+    /// Pause and resume.
+    pub pause: Arc<DevicePause>,
 }
 
 /// A new backing file for a running drive, handed from the VMM thread to the drive's

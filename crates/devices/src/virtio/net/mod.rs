@@ -8,8 +8,8 @@ pub use engine::NetCounters;
 pub use tap::{Tap, TapError};
 
 use super::{
-    read_config_bytes, ActivateError, Activation, DeviceThread, Interrupt, VirtioDevice,
-    F_EVENT_IDX, F_VERSION_1, TYPE_NET,
+    read_config_bytes, ActivateError, Activation, DevicePause, DeviceThread, Interrupt,
+    VirtioDevice, F_EVENT_IDX, F_VERSION_1, TYPE_NET,
 };
 use engine::{Engine, RxState, TxState};
 use std::os::unix::io::AsRawFd;
@@ -69,11 +69,12 @@ pub struct Net {
     config: [u8; CONFIG_LEN],
     queue_sizes: [u16; 2],
     counters: Arc<NetCounters>,
+    pause: Arc<DevicePause>,
 }
 
 impl Net {
     /// A device on `tap`.
-    pub fn new(cfg: &NetConfig, tap: Tap) -> Self {
+    pub fn new(cfg: &NetConfig, tap: Tap) -> std::io::Result<Self> {
         use features::*;
         let mut features = 1u64 << F_VERSION_1
             | 1 << F_EVENT_IDX
@@ -96,7 +97,7 @@ impl Net {
             features |= 1 << MTU;
             config[10..12].copy_from_slice(&mtu.to_le_bytes());
         }
-        Self {
+        Ok(Self {
             id: cfg.id.clone(),
             tap: Some(tap),
             running: None,
@@ -104,7 +105,13 @@ impl Net {
             config,
             queue_sizes: [QUEUE_SIZE, QUEUE_SIZE],
             counters: Arc::new(NetCounters::default()),
-        }
+            pause: Arc::new(DevicePause::new()?),
+        })
+    }
+
+    /// The switch that pauses this device's thread.
+    pub fn pause_handle(&self) -> Arc<DevicePause> {
+        self.pause.clone()
     }
 
     /// The device's counters.
@@ -173,18 +180,23 @@ impl VirtioDevice for Net {
         let mergeable = a.acked_features & (1 << features::MRG_RXBUF) != 0;
         let engine = Engine::new(tap, rx, tx, mergeable, self.counters.clone());
         let (mem, interrupt) = (a.mem, a.interrupt);
+        let pause = self.pause.clone();
         self.running = Some(DeviceThread::spawn(
             format!("net-{}", self.id),
             move |stop| {
-                Worker {
+                pause.attach();
+                let tap = Worker {
                     engine,
                     mem,
                     interrupt,
                     rx_evt,
                     tx_evt,
                     stop,
+                    pause: pause.clone(),
                 }
-                .run()
+                .run();
+                pause.detach();
+                tap
             },
         )?);
         Ok(())
@@ -207,12 +219,14 @@ struct Worker {
     rx_evt: EventFd,
     tx_evt: EventFd,
     stop: EventFd,
+    pause: Arc<DevicePause>,
 }
 
 const EV_TAP: u64 = 0;
 const EV_RX: u64 = 1;
 const EV_TX: u64 = 2;
 const EV_STOP: u64 = 3;
+const EV_PAUSE: u64 = 4;
 
 impl Worker {
     fn run(mut self) -> Tap {
@@ -248,16 +262,21 @@ impl Worker {
         add(self.rx_evt.as_raw_fd(), EV_RX, EventSet::IN)?;
         add(self.tx_evt.as_raw_fd(), EV_TX, EventSet::IN)?;
         add(self.stop.as_raw_fd(), EV_STOP, EventSet::IN)?;
+        add(self.pause.evt().as_raw_fd(), EV_PAUSE, EventSet::IN)?;
         // What the tap is polled for: input unless a frame waits for buffers, output while
         // the tap refuses frames.
         let mut want_in = true;
         let mut want_out = false;
-        let mut events = vec![EpollEvent::default(); 4];
+        let mut events = vec![EpollEvent::default(); 5];
         // Buffers posted before activation are served at once.
         let mut do_rx = true;
         let mut do_tx = true;
         loop {
-            if do_tx {
+            // Paused: leave the queues, guest memory and the tap alone; what was due is
+            // done after resume (do_rx/do_tx stay set).
+            let paused = self.pause.check();
+            if do_tx && !paused {
+                do_tx = false;
                 let (state, irq) = self
                     .engine
                     .process_tx(&self.mem)
@@ -267,7 +286,8 @@ impl Worker {
                     self.interrupt.trigger(super::InterruptKind::Vring);
                 }
             }
-            if do_rx {
+            if do_rx && !paused {
+                do_rx = false;
                 let (state, irq) = self
                     .engine
                     .process_rx(&self.mem)
@@ -281,10 +301,10 @@ impl Worker {
                 }
             }
             let mut set = EventSet::empty();
-            if want_in {
+            if want_in && !paused {
                 set |= EventSet::IN;
             }
-            if want_out {
+            if want_out && !paused {
                 set |= EventSet::OUT;
             }
             epoll
@@ -294,8 +314,6 @@ impl Worker {
                     EpollEvent::new(set, EV_TAP),
                 )
                 .map_err(|e| format!("epoll modify: {e}"))?;
-            do_rx = false;
-            do_tx = false;
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -307,6 +325,8 @@ impl Worker {
                         let _ = self.stop.read();
                         return Ok(());
                     }
+                    // Looked at by `check` at the top of the loop.
+                    EV_PAUSE => {}
                     EV_RX => {
                         let _ = self.rx_evt.read();
                         do_rx = true;
