@@ -12,8 +12,9 @@ import signal
 import struct
 import subprocess
 
-from guest import READY, expect, run_ember_expecting_error, start_ember, vm_config
-from harness import case
+from guest import (HEARTBEAT, READY, expect, heartbeat_stopped, run_ember_expecting_error,
+                   start_ember, vm_config)
+from harness import CaseFailed, EmulatedHostFault, case
 
 MIB = 1 << 20
 
@@ -41,15 +42,26 @@ def sha256_file(path) -> str:
 
 
 def run_cmd_vm(ctx, cmd: str, drives: list[dict], name: str, vcpus: int = 1,
-               mem_mib: int = 256, timeout: float = 600):
+               mem_mib: int = 256, timeout: float = 600, heartbeat: bool = False):
     """Boots the initramfs guest with `drives`, runs `cmd`, waits for the exit marker and
-    for ember to exit 0; returns the VM."""
+    for ember to exit 0; returns the VM. With `heartbeat`, the guest also prints a console
+    heartbeat, and under emulation a guest that went silent altogether is reported as the
+    emulated host's fault (harness.EmulatedHostFault) rather than the device's."""
+    if heartbeat:
+        cmd = HEARTBEAT + cmd
     cfg = vm_config(ctx, mode="run", vcpus=vcpus, mem_mib=mem_mib,
                     extra_args=f'ember_cmd="{cmd}"')
     cfg["drives"] = drives
     vm = start_ember(ctx, cfg, name=name)
     vm.wait_for(READY, timeout=300)
-    m = vm.wait_for(r"EMBER-CMD-EXIT status=(\d+)", timeout=timeout)
+    try:
+        m = vm.wait_for(r"EMBER-CMD-EXIT status=(\d+)", timeout=timeout)
+    except CaseFailed as e:
+        silent = heartbeat_stopped(vm) if heartbeat and ctx.emulated else None
+        if silent is not None:
+            raise EmulatedHostFault(f"{e}\nthe guest's console heartbeat stopped too "
+                                    f"({silent:.0f} s without one)")
+        raise
     expect(m.group(1) == "0", f"guest command failed with {m.group(1)}\n{vm.tail()}")
     rc = vm.wait_exit(timeout=60)
     expect(rc == 0, f"ember exited with {rc}\n{vm.tail()}")
@@ -171,12 +183,12 @@ def _(ctx):
     os.unlink(data)  # scratch is the emulated host's RAM
 
 
-@case("block_three_drives_two_vcpus_parallel_writes")
+@case("block_three_drives_two_vcpus_parallel_writes", timeout=420)
 def _(ctx):
     files = {f"vd{c}": sparse_file(ctx.work / f"par{c}.img", 64 * MIB) for c in "abc"}
     drives = [drive(f"data_{dev}", path, cache="Writeback") for dev, path in files.items()]
     vm = run_cmd_vm(ctx, write_and_hash_cmd(list(files), 64), drives, name="parallel",
-                    vcpus=2, mem_mib=512)
+                    vcpus=2, mem_mib=512, timeout=240, heartbeat=True)
     check_hashes(vm, files)
     for path in files.values():
         os.unlink(path)

@@ -7,9 +7,8 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import time
 
-from guest import READY, expect, start_ember, vm_config
+from guest import HEARTBEAT, READY, expect, heartbeat_stopped, start_ember, vm_config
 from harness import EmulatedHostFault, case
 
 HOST_IP = "172.30.0.1"
@@ -128,7 +127,7 @@ def _(ctx):
     n = 256 << 20
     # A heartbeat on the console tells a stalled network (a bug) from a guest that stopped
     # taking interrupts at all (the emulated host's fault: the serial port stops too).
-    guest_cmd = (f"(while sleep 5; do echo BEAT; done) & nc -l -p 5001 > /tmp/rx.bin; echo RX-HASH $(sha256sum /tmp/rx.bin); "
+    guest_cmd = (f"{HEARTBEAT}nc -l -p 5001 > /tmp/rx.bin; echo RX-HASH $(sha256sum /tmp/rx.bin); "
                  f"rm /tmp/rx.bin; head -c {n} /dev/urandom > /tmp/tx.bin; "
                  f"echo TX-HASH $(sha256sum /tmp/tx.bin); nc {HOST_IP} 5002 < /tmp/tx.bin")
     with netns("tcp") as ns:
@@ -139,9 +138,8 @@ def _(ctx):
         out = peer.stdout
         if peer.returncode != 0:
             why = f"host peer failed: {peer.stderr.strip()}\n{vm.tail()}"
-            beats = [t for t, line in zip(vm.line_times, vm.lines) if line.strip() == "BEAT"]
-            silent = time.monotonic() - (beats[-1] if beats else 0)
-            if ctx.emulated and silent > 60:
+            silent = heartbeat_stopped(vm) if ctx.emulated else None
+            if silent is not None:
                 raise EmulatedHostFault(f"{why}\nthe guest's console heartbeat stopped too "
                                         f"({silent:.0f} s without one)")
             raise AssertionError(why)

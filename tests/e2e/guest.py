@@ -213,6 +213,21 @@ def run_ember_expecting_error(ctx: Ctx, config: dict | str, name: str = "ember",
     return lines[0]
 
 
+# A console heartbeat for long guest commands: it tells a stalled device (a bug: the
+# heartbeat goes on) from a guest that stopped taking interrupts altogether (the emulated
+# host's fault: the serial port stops too). Prefix a command with it.
+HEARTBEAT = "(while sleep 5; do echo EMBER-BEAT; done) & "
+
+
+def heartbeat_stopped(vm: "VmProcess", silent_s: float = 60) -> float | None:
+    """Seconds since the guest's last heartbeat (or its start), if over `silent_s`."""
+    with vm._cv:
+        beats = [t for t, line in zip(vm.line_times, vm.lines) if "EMBER-BEAT" in line]
+    last = beats[-1] if beats else vm.t_exec
+    silent = time.monotonic() - last
+    return silent if silent > silent_s else None
+
+
 def expect(cond: bool, msg: str) -> None:
     if not cond:
         raise CaseFailed(msg)

@@ -131,9 +131,11 @@ def sh(cmd: list[str], **kw) -> str:
 
 
 def build_all(arch: str = ARCH) -> dict[str, Path]:
-    """Builds ember (release) and the guest images; returns their locations."""
+    """Builds ember, emberd and emberctl (release) and the guest images; returns their
+    locations (emberd and emberctl are beside ember)."""
     t0 = time.monotonic()
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ember"], check=True, cwd=ROOT)
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ember", "-p", "agent", "-p", "cli"],
+                   check=True, cwd=ROOT)
     kernel_dir = Path(sh([str(ROOT / "tools/guest/build-kernel.sh"), arch]))
     rootfs_dir = Path(sh([str(ROOT / "tools/guest/build-rootfs.sh"), arch]))
     log(f"built ember and guest images in {time.monotonic() - t0:.1f}s")
@@ -179,6 +181,10 @@ def stage_artifacts(paths: dict[str, Path], stage: Path) -> dict[str, Path]:
         out[key] = dst
     out["ember"] = stage / "ember"
     shutil.copy2(paths["ember"], out["ember"])
+    for sibling in ("emberd", "emberctl"):
+        src = paths["ember"].parent / sibling
+        if src.exists():
+            shutil.copy2(src, stage / sibling)
     return out
 
 

@@ -23,6 +23,7 @@ import cases_boot  # noqa: E402,F401  (registers cases)
 import cases_block  # noqa: E402,F401
 import cases_net  # noqa: E402,F401
 import cases_api  # noqa: E402,F401
+import cases_agent  # noqa: E402,F401
 
 
 def load_extra_modules(paths: list[str]) -> None:

@@ -1,0 +1,36 @@
+//! Resource ids like EC2's: a prefix and 17 lowercase hex digits (`i-0123456789abcdef0`).
+
+use std::io::Read;
+
+/// A new id with `prefix` (`i`, `img`, `vol`), from the kernel's random source.
+pub fn new_id(prefix: &str) -> std::io::Result<String> {
+    let mut bytes = [0u8; 9];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{prefix}-{}", &hex[..17]))
+}
+
+/// Whether `s` looks like an id with `prefix`.
+pub fn is_id(s: &str, prefix: &str) -> bool {
+    s.strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('-'))
+        .is_some_and(|h| {
+            h.len() == 17
+                && h.bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_have_the_ec2_shape() {
+        let id = new_id("i").unwrap();
+        assert!(is_id(&id, "i"), "{id}");
+        assert_ne!(id, new_id("i").unwrap());
+        assert!(!is_id("i-123", "i"));
+        assert!(!is_id("img-0123456789abcdef0", "i"));
+    }
+}

@@ -1,0 +1,182 @@
+//! `emberd`: the host agent's daemon.
+
+use agent::agent::{Agent, Settings};
+use clap::Parser;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// emberd: runs ember instances on this host, EC2-style, through a REST API on a Unix socket.
+#[derive(Parser, Debug)]
+#[command(name = "emberd", version)]
+struct Args {
+    /// A JSON file with any of `socket`, `state_dir`, `bridge`, `subnet`, `ember`,
+    /// `stop_timeout`; flags given on the command line win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The API socket.
+    #[arg(long, default_value = "/run/ember/emberd.sock")]
+    socket: PathBuf,
+    /// Database, images and instances.
+    #[arg(long, default_value = "/var/lib/emberd")]
+    state_dir: PathBuf,
+    /// The host bridge for instances' taps (created if missing).
+    #[arg(long, default_value = "ember0")]
+    bridge: String,
+    /// The instances' /24 network (the bridge takes .1).
+    #[arg(long, default_value = "172.31.0.0")]
+    subnet: std::net::Ipv4Addr,
+    /// The ember binary.
+    #[arg(long, default_value = "ember")]
+    ember: PathBuf,
+    /// Seconds a stop waits for the guest before killing its VMM.
+    #[arg(long, default_value_t = 30)]
+    stop_timeout: u64,
+    /// Where the VMMs' API sockets go (keep it short: socket paths are limited).
+    #[arg(long, default_value = "/run/ember/vms")]
+    run_dir: PathBuf,
+}
+
+/// The config file's keys.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    bridge: Option<String>,
+    subnet: Option<std::net::Ipv4Addr>,
+    ember: Option<PathBuf>,
+    stop_timeout: Option<u64>,
+    run_dir: Option<PathBuf>,
+}
+
+/// Applies the config file under the flags the user gave explicitly.
+fn merge(mut args: Args, matches: &clap::ArgMatches) -> Result<Args, String> {
+    let Some(path) = args.config.clone() else {
+        return Ok(args);
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let f: FileConfig =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    if let (Some(v), false) = (f.socket, given("socket")) {
+        args.socket = v;
+    }
+    if let (Some(v), false) = (f.state_dir, given("state_dir")) {
+        args.state_dir = v;
+    }
+    if let (Some(v), false) = (f.bridge, given("bridge")) {
+        args.bridge = v;
+    }
+    if let (Some(v), false) = (f.subnet, given("subnet")) {
+        args.subnet = v;
+    }
+    if let (Some(v), false) = (f.ember, given("ember")) {
+        args.ember = v;
+    }
+    if let (Some(v), false) = (f.stop_timeout, given("stop_timeout")) {
+        args.stop_timeout = v;
+    }
+    if let (Some(v), false) = (f.run_dir, given("run_dir")) {
+        args.run_dir = v;
+    }
+    Ok(args)
+}
+
+struct Logger;
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!("emberd: {}: {}", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn resolve(p: PathBuf) -> PathBuf {
+    if p.components().count() > 1 {
+        return p;
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(&p))
+                .find(|c| c.is_file())
+        })
+        .unwrap_or(p)
+}
+
+async fn serve(args: Args) -> Result<(), String> {
+    let settings = Settings {
+        state_dir: args.state_dir,
+        bridge: args.bridge,
+        subnet: args.subnet,
+        ember: resolve(args.ember),
+        stop_timeout: Duration::from_secs(args.stop_timeout),
+        run_dir: args.run_dir,
+    };
+    let agent = Agent::open(settings)?;
+    agent.setup_network()?;
+    agent.adopt().await.map_err(|e| e.message)?;
+    if let Some(dir) = args.socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(&args.socket) {
+        Ok(md) if std::os::unix::fs::FileTypeExt::is_socket(&md.file_type()) => {
+            let _ = std::fs::remove_file(&args.socket);
+        }
+        Ok(_) => {
+            return Err(format!(
+                "{}: a file that is not a socket is in the way",
+                args.socket.display()
+            ))
+        }
+        Err(_) => {}
+    }
+    let listener = tokio::net::UnixListener::bind(&args.socket)
+        .map_err(|e| format!("{}: {e}", args.socket.display()))?;
+    std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| format!("{}: {e}", args.socket.display()))?;
+    log::info!("serving on {}", args.socket.display());
+    axum::serve(listener, agent::api::router(agent))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Args::command().get_matches();
+    let args = match Args::from_arg_matches(&matches)
+        .map_err(|e| e.to_string())
+        .and_then(|a| merge(a, &matches))
+    {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("emberd: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = log::set_logger(&Logger);
+    log::set_max_level(log::LevelFilter::Info);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("emberd: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("emberd: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

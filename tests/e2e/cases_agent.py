@@ -1,0 +1,274 @@
+"""emberd cases (issue 6): the host agent run for real, driven with emberctl and over its
+socket, launching real guests. Each case runs emberd inside a network namespace of its
+own, so its bridge and taps go with the namespace."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from cases_api import UnixHTTP, call
+from cases_net import netns, sh
+from guest import expect, guest_cmdline
+from harness import case
+
+SUBNET = "172.31.0.0"
+
+
+class Emberd:
+    """emberd in namespace `ns`, with its state in `work`."""
+
+    def __init__(self, ctx, ns: str, name: str = "emberd"):
+        self.ctx, self.ns, self.name = ctx, ns, name
+        self.bin = ctx.ember.parent
+        self.sock = str(ctx.work / "emberd.sock")
+        self.state = ctx.work / "state"
+        # Unix socket paths are short: the VMMs' sockets go in a short directory.
+        self.run_dir = f"/tmp/ed-{os.getpid()}-{name}"
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        log = open(self.ctx.work / f"{self.name}.log", "a")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, str(self.bin / "emberd"), "--socket", self.sock,
+             "--state-dir", str(self.state), "--bridge", "ember0", "--subnet", SUBNET,
+             "--ember", str(self.ctx.ember), "--stop-timeout", "30", "--run-dir", self.run_dir],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if call(self.sock, "GET", "/v1/types")[0] == 200:
+                    return
+            except OSError:
+                pass
+            expect(self.proc.poll() is None, f"emberd exited: {self.log()}")
+            expect(time.monotonic() < deadline, f"emberd never answered: {self.log()}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return (self.ctx.work / f"{self.name}.log").read_text(errors="replace")[-3000:]
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        try:
+            r = subprocess.run([str(self.bin / "emberctl"), "--socket", self.sock, *args],
+                               capture_output=True, text=True, timeout=150)
+        except subprocess.TimeoutExpired as e:
+            raise AssertionError(f"emberctl {' '.join(args)} still running after 150 s: "
+                                 f"{e.stderr!r}\n{self.log()}\n{self.vmm_logs()}")
+        if check and r.returncode != 0:
+            raise AssertionError(f"emberctl {' '.join(args)} failed: {r.stderr}\n{r.stdout}\n"
+                                 f"{self.log()}\n{self.vmm_logs()}")
+        return r
+
+    def vmm_logs(self) -> str:
+        """The last lines of every instance's ember log, for failure reports."""
+        out = []
+        for f in sorted((self.state / "instances").glob("*/ember.log")):
+            out.append(f"--- {f.parent.name} ember.log ---\n"
+                       + "\n".join(f.read_text(errors="replace").splitlines()[-5:]))
+        return "\n".join(out)
+
+    def ctl_json(self, *args: str):
+        return json.loads(self.ctl("--json", *args).stdout)
+
+    def instance(self, iid: str) -> dict:
+        return call(self.sock, "GET", f"/v1/instances/{iid}")[1]
+
+    def wait_state(self, iid: str, state: str, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            inst = self.instance(iid)
+            if inst["state"] == state:
+                return inst
+            expect(time.monotonic() < deadline,
+                   f"{iid} is {inst['state']} ({inst['reason']}), not {state}\n{self.log()}")
+            time.sleep(0.2)
+
+    def wait_console(self, iid: str, needle: str, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            out = call(self.sock, "GET", f"/v1/instances/{iid}/console?kib=64")[1]["output"]
+            if needle in out:
+                return out
+            expect(time.monotonic() < deadline, f"{iid}: no {needle!r} on its console:\n{out[-2000:]}")
+            time.sleep(0.3)
+
+    def stop_all(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        # Whatever VMMs are left (the namespace's removal does not end processes).
+        subprocess.run(["pkill", "-9", "-f", f"api-sock {self.run_dir}/"], check=False)
+
+
+def register(agent: Emberd, ctx, cmd: str) -> str:
+    """Registers the test guest's ext4 root filesystem as an image whose init runs `cmd`."""
+    args = guest_cmdline(ctx, "run", f'ember_cmd="{cmd}"')
+    img = agent.ctl_json("images", "register", "--name", "test", "--kernel",
+                         str(ctx.kernel_dir / "vmlinux"), "--rootfs",
+                         str(ctx.rootfs_dir / "rootfs.ext4"), "--boot-args", args)
+    expect(img["id"].startswith("img-") and len(img["id"]) == 21, f"image id {img['id']}")
+    return img["id"]
+
+
+# The guest: on its first boot it writes a marker to its root volume; on a later boot it
+# says it found it. Then it idles until stopped.
+MARKER_CMD = ("if [ -f /marker ]; then echo SEEN-MARKER $(cat /marker); else "
+              "echo run-1 > /marker; sync; echo WROTE-MARKER; fi; sleep 100000")
+
+
+@case("agent_lifecycle_stop_start_keeps_data_terminate_frees_everything", timeout=600)
+def _(ctx):
+    with netns("agent") as ns:
+        agent = Emberd(ctx, ns)
+        try:
+            image = register(agent, ctx, MARKER_CMD)
+            ran = agent.ctl_json("run", "--image", image, "--type", "e1.micro",
+                                 "--tag", "Name=web", "--client-token", "tok-1")
+            inst = ran["instances"][0]
+            iid = inst["id"]
+            expect(inst["state"] == "running", f"run returned {inst['state']}")
+            agent.wait_console(iid, "WROTE-MARKER")
+            # The same client token: the same instance, no new one.
+            again = agent.ctl_json("run", "--image", image, "--client-token", "tok-1", "--no-wait")
+            expect([i["id"] for i in again["instances"]] == [iid], f"idempotent run: {again}")
+            expect(len(agent.ctl_json("ls")["instances"]) == 1, "a second instance appeared")
+            # Describe filters.
+            by_tag = call(agent.sock, "GET", "/v1/instances?tag:Name=web")[1]["instances"]
+            expect([i["id"] for i in by_tag] == [iid], f"tag filter: {by_tag}")
+            table = agent.ctl("ls").stdout
+            expect(iid in table and "running" in table, f"table: {table}")
+            # Stop (Ctrl-Alt-Del; the guest reboots, its VMM exits) and start again.
+            tap = inst["tap"]
+            stopped = agent.ctl_json("stop", iid)
+            expect(stopped["state"] == "stopped" and stopped["reason"] == "user request",
+                   f"after stop: {stopped['state']} {stopped['reason']}")
+            expect(sh("ip", "-n", ns, "link", "show", tap, check=False).returncode != 0,
+                   "the tap outlived the stop")
+            agent.ctl("start", iid)
+            agent.wait_state(iid, "running")
+            agent.wait_console(iid, "SEEN-MARKER run-1")
+            # kill -9 of its VMM: stopped, with the reason, tap gone.
+            pid = agent.instance(iid)["pid"]
+            os.kill(pid, signal.SIGKILL)
+            gone = agent.wait_state(iid, "stopped", timeout=10)
+            expect("killed" in gone["reason"], f"reason after kill -9: {gone['reason']}")
+            expect(sh("ip", "-n", ns, "link", "show", tap, check=False).returncode != 0,
+                   "the tap outlived its VMM")
+            # Terminate: described as terminated, directory and volumes gone.
+            done = agent.ctl_json("terminate", iid)
+            expect(done["state"] == "terminated", f"terminate: {done['state']}")
+            expect(not Path(inst["dir"]).exists(), "the instance directory outlived terminate")
+            r = agent.ctl("start", iid, check=False)
+            expect(r.returncode != 0 and "IncorrectInstanceState" in r.stderr, f"start terminated: {r.stderr}")
+            expect(agent.instance(iid)["state"] == "terminated", "terminated instance not describable")
+            # The image is free again.
+            agent.ctl("images", "deregister", image)
+        finally:
+            agent.stop_all()
+
+
+@case("agent_bad_requests_get_the_right_4xx")
+def _(ctx):
+    with netns("agentbad") as ns:
+        agent = Emberd(ctx, ns)
+        try:
+            image = register(agent, ctx, "sleep 100000")
+            s = agent.sock
+            checks = [
+                ("POST", "/v1/instances", {"image_id": "img-00000000000000000", "instance_type": "e1.micro"}, 400, "InvalidImageID.NotFound"),
+                ("POST", "/v1/instances", {"image_id": image, "instance_type": "m5.huge"}, 400, "InvalidInstanceType"),
+                ("POST", "/v1/instances", {"image_id": image, "instance_type": "e1.micro", "count": 0}, 400, "InvalidParameterValue"),
+                ("POST", "/v1/instances", {"image_id": image, "instance_type": "e1.xlarge", "count": 100000}, 400, "InsufficientInstanceCapacity"),
+                ("POST", "/v1/instances", {"image_id": image, "instance_type": "e1.micro", "colour": "red"}, 400, "MalformedRequest"),
+                ("POST", "/v1/images", {"name": "x", "kernel": "/nonexistent", "rootfs": "/nonexistent"}, 400, "InvalidParameterValue"),
+                ("GET", "/v1/instances/i-00000000000000000", None, 404, "InvalidInstanceID.NotFound"),
+                ("POST", "/v1/instances/i-00000000000000000/stop", None, 404, "InvalidInstanceID.NotFound"),
+                ("GET", "/v1/instances?colour=red", None, 400, "InvalidParameter"),
+                ("GET", "/v1/nothing", None, 404, "UnknownPath"),
+            ]
+            for method, path, body, status, code in checks:
+                got, answer = call(s, method, path, body)
+                expect(got == status and answer and answer.get("code") == code,
+                       f"{method} {path} {body}: {got} {answer}")
+            got, answer = call(s, "POST", "/v1/instances", raw=b'{"image_id": ')
+            expect(got == 400 and answer["code"] == "MalformedRequest", f"malformed: {got} {answer}")
+            r = agent.ctl("run", "--image", image, "--type", "nope", check=False)
+            expect(r.returncode == 1 and "InvalidInstanceType" in r.stderr, f"emberctl: {r.stderr!r}")
+            expect(call(s, "GET", "/v1/types")[0] == 200, "not serving after bad requests")
+        finally:
+            agent.stop_all()
+
+
+@case("agent_five_instances_concurrent_describes_restart_adopts", timeout=600)
+def _(ctx):
+    with netns("adopt") as ns:
+        agent = Emberd(ctx, ns)
+        try:
+            image = register(agent, ctx, "echo BOOTED; sleep 100000")
+            # 50 describes from 10 threads while 5 instances launch: every one answered.
+            answers: list[int] = []
+
+            def describe_loop():
+                for _ in range(5):
+                    try:
+                        answers.append(call(agent.sock, "GET", "/v1/instances")[0])
+                    except OSError as e:
+                        answers.append(-1)
+                        print(f"describe failed: {e}")
+                    time.sleep(0.05)
+
+            threads = [threading.Thread(target=describe_loop) for _ in range(10)]
+            for t in threads:
+                t.start()
+            ran = agent.ctl_json("run", "--image", image, "--count", "5", "--type", "e1.nano")
+            for t in threads:
+                t.join(timeout=120)
+            expect(len(answers) == 50 and set(answers) == {200},
+                   f"concurrent describes: {len(answers)} answers, statuses {sorted(set(answers))}")
+            ids = [i["id"] for i in ran["instances"]]
+            expect(len(ids) == 5 and all(i["state"] == "running" for i in ran["instances"]),
+                   f"run: {[(i['id'], i['state']) for i in ran['instances']]}")
+            ips = {i["ip"] for i in ran["instances"]}
+            expect(len(ips) == 5, f"addresses not unique: {ips}")
+            for iid in ids:
+                agent.wait_console(iid, "BOOTED")
+            pids = {iid: agent.instance(iid)["pid"] for iid in ids}
+            agent.kill9()
+            # While the agent is down, one VMM dies.
+            os.kill(pids[ids[4]], signal.SIGKILL)
+            time.sleep(0.5)
+            agent.start()
+            for iid in ids[:4]:
+                inst = agent.instance(iid)
+                expect(inst["state"] == "running" and inst["pid"] == pids[iid],
+                       f"{iid} not adopted: {inst['state']} pid {inst['pid']} (was {pids[iid]})")
+                # Still answering: its VMM's own API, through its socket.
+                expect(call(inst["api_socket"], "GET", "/")[1]["state"] == "Running",
+                       f"{iid}'s VMM does not answer")
+            dead = agent.instance(ids[4])
+            expect(dead["state"] == "stopped" and "agent was down" in dead["reason"],
+                   f"dead VMM: {dead['state']} {dead['reason']}")
+            expect(sh("ip", "-n", ns, "link", "show", dead["tap"], check=False).returncode != 0,
+                   "the dead VMM's tap was left behind")
+            # An adopted instance is still managed: stop it.
+            agent.ctl("stop", "--force", ids[0])
+            expect(agent.instance(ids[0])["state"] == "stopped", "adopted instance did not stop")
+            for iid in ids:
+                agent.ctl("terminate", iid)
+            left = subprocess.run(["pgrep", "-f", f"api-sock {agent.run_dir}/"],
+                                  capture_output=True, text=True).stdout
+            expect(not left.strip(), f"VMMs left after terminate: {left}")
+        finally:
+            agent.stop_all()
