@@ -216,7 +216,9 @@ def run_ember_expecting_error(ctx: Ctx, config: dict | str, name: str = "ember",
 # A console heartbeat for long guest commands: it tells a stalled device (a bug: the
 # heartbeat goes on) from a guest that stopped taking interrupts altogether (the emulated
 # host's fault: the serial port stops too). Prefix a command with it.
-HEARTBEAT = "(while sleep 5; do echo EMBER-BEAT; done) & "
+# The loop is a grandchild (the subshell that starts it exits at once), so a `wait` in the
+# command does not wait for it.
+HEARTBEAT = "( (while sleep 5; do echo EMBER-BEAT; done) & ); "
 
 
 def heartbeat_stopped(vm: "VmProcess", silent_s: float = 60) -> float | None:

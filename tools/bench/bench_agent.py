@@ -1,0 +1,88 @@
+"""emberd benchmark (issue 6), registered as the `bench_agent` case of the e2e harness
+(suite `bench`), so it runs where guests can: one `run` of 20 instances (e1.nano, the
+test guest on its ext4 root volume) until all 20 have printed their ready marker on
+their consoles, emberd's API latency while they run, and emberd's resident memory.
+
+There is no peer to run beside it (no other host agent is packaged for Debian); the
+figures are emberd's own, in the emulated KVM host when /dev/kvm is not hardware KVM."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from cases_agent import Emberd, register
+from cases_api import UnixHTTP, call
+from cases_net import netns
+from guest import READY
+from harness import case, log
+
+COUNT = 20
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))]
+
+
+@case("bench_agent", suite="bench", timeout=1200)
+def _(ctx):
+    with netns("bench-agent") as ns:
+        agent = Emberd(ctx, ns)
+        try:
+            image = register(agent, ctx, "sleep 100000")
+            assert agent.proc is not None
+            rss_idle = rss_kib(agent.proc.pid)
+            t0 = time.monotonic()
+            code, ran = call(agent.sock, "POST", "/v1/instances",
+                             {"image_id": image, "instance_type": "e1.nano", "count": COUNT})
+            t_answer = time.monotonic() - t0
+            assert code == 200, ran
+            ids = [i["id"] for i in ran["instances"]]
+            ready_at: dict[str, float] = {}
+            running_at: dict[str, float] = {}
+            while len(ready_at) < COUNT and time.monotonic() - t0 < 900:
+                for iid in ids:
+                    if iid not in running_at and agent.instance(iid)["state"] == "running":
+                        running_at[iid] = time.monotonic() - t0
+                    if iid in ready_at:
+                        continue
+                    out = call(agent.sock, "GET", f"/v1/instances/{iid}/console?kib=4")[1]["output"]
+                    if READY in out:
+                        ready_at[iid] = time.monotonic() - t0
+                time.sleep(0.2)
+            assert len(ready_at) == COUNT, f"only {len(ready_at)} of {COUNT} printed {READY}"
+            # API latency with 20 instances running: one keep-alive connection.
+            lat: dict[str, list[float]] = {"GET /v1/instances": [], "GET /v1/instances/{id}": []}
+            c = UnixHTTP(agent.sock)
+            for k in range(300):
+                t = time.perf_counter()
+                call(agent.sock, "GET", "/v1/instances", conn=c)
+                lat["GET /v1/instances"].append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                call(agent.sock, "GET", f"/v1/instances/{ids[k % COUNT]}", conn=c)
+                lat["GET /v1/instances/{id}"].append((time.perf_counter() - t) * 1000)
+            c.close()
+            rss_busy = rss_kib(agent.proc.pid)
+            log(f"emberd benchmark: {COUNT} x e1.nano from one run, "
+                f"{'emulated KVM host' if ctx.emulated else 'hardware KVM'}")
+            log(f"  run answered (all {COUNT} pending, volumes copied): {t_answer:.2f} s")
+            log(f"  all {COUNT} running: {max(running_at.values()):.2f} s "
+                f"(median instance {statistics.median(running_at.values()):.2f} s)")
+            log(f"  all {COUNT} printed the ready marker: {max(ready_at.values()):.2f} s "
+                f"(first {min(ready_at.values()):.2f} s, median {statistics.median(ready_at.values()):.2f} s)")
+            for name, xs in lat.items():
+                log(f"  {name} with {COUNT} running: p50 {pct(xs, .5):.2f} ms, "
+                    f"p99 {pct(xs, .99):.2f} ms ({len(xs)} requests)")
+            log(f"  emberd RSS: {rss_idle} KiB idle, {rss_busy} KiB with {COUNT} instances")
+            for iid in ids:
+                agent.ctl("terminate", iid)
+        finally:
+            agent.stop_all()
