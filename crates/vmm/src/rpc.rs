@@ -120,6 +120,17 @@ fn body_or_empty_error(body: &[u8]) -> Result<&[u8], Response> {
     }
 }
 
+/// The id in a request's path must be the body's.
+fn same_id(kind: &str, path_id: &str, body_id: &str) -> Result<(), Response> {
+    if path_id == body_id {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "the {kind} id in the path ({path_id:?}) does not match the one in the body ({body_id:?})"
+        )))
+    }
+}
+
 /// `list` with `item` in place of the entry with the same id, or added at the end; the id
 /// in the request's path must be the body's.
 fn upsert<T: Clone>(
@@ -130,11 +141,7 @@ fn upsert<T: Clone>(
     id_of: impl Fn(&T) -> &String,
 ) -> Result<Vec<T>, Response> {
     let id = id_of(&item).clone();
-    if id != path_id {
-        return Err(bad(format!(
-            "the {kind} id in the path ({path_id:?}) does not match the one in the body ({id:?})"
-        )));
-    }
+    same_id(kind, path_id, &id)?;
     let mut out = list.to_vec();
     match out.iter_mut().find(|x| *id_of(x) == id) {
         Some(x) => *x = item,
@@ -300,12 +307,7 @@ impl Controller {
             }
             Action::PatchDrive(id, body) => {
                 let p: DrivePatch = parse(&body)?;
-                if p.drive_id != id {
-                    return Err(bad(format!(
-                        "the drive id in the path ({id:?}) does not match the one in the body ({:?})",
-                        p.drive_id
-                    )));
-                }
+                same_id("drive", &id, &p.drive_id)?;
                 if p.rate_limiter.is_some() {
                     return Err(bad("drives: rate_limiter is not supported by ember"));
                 }

@@ -126,6 +126,8 @@ fn install_kick_handler() {
 /// Pausing and resuming one vCPU thread from another thread, and its exit counters.
 #[derive(Debug)]
 pub struct VcpuControl {
+    /// Mirrors "state is not Running", so the exit loop checks one atomic, not a lock.
+    pausing: std::sync::atomic::AtomicBool,
     state: Mutex<RunState>,
     changed: Condvar,
     thread: Mutex<Option<libc::pthread_t>>,
@@ -136,6 +138,7 @@ pub struct VcpuControl {
 impl Default for VcpuControl {
     fn default() -> Self {
         VcpuControl {
+            pausing: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(RunState::Running),
             changed: Condvar::new(),
             thread: Mutex::new(None),
@@ -151,6 +154,9 @@ impl VcpuControl {
 
     /// Called by the vCPU thread between exits: parks it while a pause is requested.
     fn checkpoint(&self) {
+        if !self.pausing.load(Ordering::Acquire) {
+            return;
+        }
         let mut st = self.lock();
         if *st == RunState::PauseRequested {
             *st = RunState::Paused;
@@ -178,6 +184,7 @@ pub fn pause_all(vcpus: &[Arc<VcpuControl>], within: Duration) -> Result<(), Str
         let mut st = v.lock();
         if *st == RunState::Running {
             *st = RunState::PauseRequested;
+            v.pausing.store(true, Ordering::Release);
         }
     }
     let deadline = Instant::now() + within;
@@ -208,6 +215,7 @@ pub fn resume_all(vcpus: &[Arc<VcpuControl>]) {
     for v in vcpus {
         let mut st = v.lock();
         *st = RunState::Running;
+        v.pausing.store(false, Ordering::Release);
         v.changed.notify_all();
     }
 }

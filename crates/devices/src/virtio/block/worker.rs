@@ -291,6 +291,9 @@ pub fn run(
             let _ = stop.read();
             return handler;
         }
+        if fds[0].revents != 0 {
+            let _ = pause.evt().read();
+        }
         if fds[1].revents != 0 {
             let _ = swap.evt.read();
             if swap.apply(&mut handler) {

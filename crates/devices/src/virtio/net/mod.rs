@@ -325,8 +325,10 @@ impl Worker {
                         let _ = self.stop.read();
                         return Ok(());
                     }
-                    // Looked at by `check` at the top of the loop.
-                    EV_PAUSE => {}
+                    // The switch itself is looked at by `check` at the top of the loop.
+                    EV_PAUSE => {
+                        let _ = self.pause.evt().read();
+                    }
                     EV_RX => {
                         let _ = self.rx_evt.read();
                         do_rx = true;
