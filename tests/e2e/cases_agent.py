@@ -23,8 +23,8 @@ SUBNET = "172.31.0.0"
 class Emberd:
     """emberd in namespace `ns`, with its state in `work`."""
 
-    def __init__(self, ctx, ns: str, name: str = "emberd"):
-        self.ctx, self.ns, self.name = ctx, ns, name
+    def __init__(self, ctx, ns: str, name: str = "emberd", extra: tuple[str, ...] = ()):
+        self.ctx, self.ns, self.name, self.extra = ctx, ns, name, list(extra)
         self.bin = ctx.ember.parent
         self.sock = str(ctx.work / "emberd.sock")
         self.state = ctx.work / "state"
@@ -38,7 +38,8 @@ class Emberd:
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, str(self.bin / "emberd"), "--socket", self.sock,
              "--state-dir", str(self.state), "--bridge", "ember0", "--subnet", SUBNET,
-             "--ember", str(self.ctx.ember), "--stop-timeout", "30", "--run-dir", self.run_dir],
+             "--ember", str(self.ctx.ember), "--stop-timeout", "30", "--run-dir", self.run_dir,
+             *self.extra],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 30
         while True:

@@ -24,6 +24,7 @@ import cases_block  # noqa: E402,F401
 import cases_net  # noqa: E402,F401
 import cases_api  # noqa: E402,F401
 import cases_agent  # noqa: E402,F401
+import cases_meter  # noqa: E402,F401
 
 
 def load_extra_modules(paths: list[str]) -> None:

@@ -8,6 +8,7 @@ figures are emberd's own, in the emulated KVM host when /dev/kvm is not hardware
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -17,7 +18,7 @@ from cases_net import netns
 from guest import READY
 from harness import case, log
 
-COUNT = 20
+COUNT = int(os.environ.get("EMBER_BENCH_COUNT", "20"))
 
 
 def rss_kib(pid: int) -> int:
@@ -46,9 +47,15 @@ def _(ctx):
             t_answer = time.monotonic() - t0
             assert code == 200, ran
             ids = [i["id"] for i in ran["instances"]]
+            log(f"  run answered after {t_answer:.2f} s; waiting for {COUNT} ready markers")
             ready_at: dict[str, float] = {}
             running_at: dict[str, float] = {}
+            last_report = t0
             while len(ready_at) < COUNT and time.monotonic() - t0 < 900:
+                if time.monotonic() - last_report > 15:
+                    last_report = time.monotonic()
+                    log(f"  {last_report - t0:.0f} s: {len(running_at)} running, "
+                        f"{len(ready_at)} ready")
                 for iid in ids:
                     if iid not in running_at and agent.instance(iid)["state"] == "running":
                         running_at[iid] = time.monotonic() - t0

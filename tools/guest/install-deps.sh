@@ -8,10 +8,12 @@ pkgs=()
 case "$what" in
   kernel) pkgs+=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils) ;;
   images) pkgs+=(busybox-static e2fsprogs cpio) ;;
-  harness) pkgs+=(qemu-system-x86 kmod xz-utils cpio busybox-static iproute2) ;;
+  harness) pkgs+=(qemu-system-x86 kmod xz-utils cpio busybox-static iproute2
+                   python3-prometheus-client prometheus) ;;   # metering checks (promtool)
   bench) pkgs+=(iperf3) ;;   # host side of bench_net, and copied into the bench tools image
   all) pkgs+=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils
-              busybox-static e2fsprogs cpio qemu-system-x86 kmod iproute2 iperf3) ;;
+              busybox-static e2fsprogs cpio qemu-system-x86 kmod iproute2 iperf3
+              python3-prometheus-client prometheus) ;;
   *) echo "install-deps: unknown set $what" >&2; exit 1 ;;
 esac
 missing=()

@@ -6,6 +6,7 @@ use crate::db::{self, Image, Instance, Volume};
 use crate::error::ApiError;
 use crate::host;
 use crate::ids;
+use crate::meter::{self, SampleAt};
 use crate::types::{self, InstanceType};
 use crate::vmm_client;
 use serde_json::json;
@@ -19,6 +20,9 @@ use tokio::sync::watch;
 
 /// How long a terminated instance stays describable.
 pub const TERMINATED_KEPT_S: i64 = 3600;
+
+/// How long raw usage samples are kept (hourly rollups are kept for good).
+pub const RAW_SAMPLES_KEPT_MS: i64 = 48 * meter::HOUR_MS;
 
 /// The agent's settings.
 #[derive(Debug, Clone)]
@@ -36,6 +40,23 @@ pub struct Settings {
     /// Where the VMMs' API sockets live (`<id>.sock`): a short path, since a Unix socket
     /// path is at most 107 bytes.
     pub run_dir: PathBuf,
+    /// How often usage is sampled (it is also sampled at every state change).
+    pub sample_interval: Duration,
+}
+
+/// The agent's own counters, for `GET /metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// API requests answered, by method and status.
+    pub requests: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
+    /// VMM processes started.
+    pub launches: std::sync::atomic::AtomicU64,
+    /// VMM exits seen.
+    pub vmm_exits: std::sync::atomic::AtomicU64,
+    /// Usage samples taken.
+    pub samples: std::sync::atomic::AtomicU64,
+    /// Usage samples that failed (database errors).
+    pub sample_failures: std::sync::atomic::AtomicU64,
 }
 
 /// What the agent was asked to do with an instance whose VMM exits.
@@ -62,6 +83,8 @@ pub struct Agent {
     pub settings: Settings,
     db: Mutex<rusqlite::Connection>,
     procs: Mutex<HashMap<String, Proc>>,
+    /// Counters about the agent itself.
+    pub stats: Stats,
 }
 
 /// A run request.
@@ -115,6 +138,7 @@ impl Agent {
             settings,
             db: Mutex::new(db),
             procs: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
         }))
     }
 
@@ -130,6 +154,107 @@ impl Agent {
     ) -> Result<T, ApiError> {
         let c = self.db.lock().unwrap_or_else(|p| p.into_inner());
         Ok(f(&c)?)
+    }
+
+    /// Moves instance `id` to `state`, sampling its usage up to now first, in one
+    /// transaction: the time before goes to the old state, the VMM's new counters with it.
+    fn transition(
+        &self,
+        id: &str,
+        state: &str,
+        reason: &str,
+        pid: Option<(i64, i64)>,
+    ) -> Result<(), ApiError> {
+        self.transition_with(id, state, reason, pid, false)
+    }
+
+    fn transition_with(
+        &self,
+        id: &str,
+        state: &str,
+        reason: &str,
+        pid: Option<(i64, i64)>,
+        exit_unseen: bool,
+    ) -> Result<(), ApiError> {
+        let rss_kib = self.vmm_pid(id).and_then(host::rss_kib);
+        let mut c = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = c.transaction()?;
+        let at = SampleAt {
+            now_ms: meter::now_ms(),
+            new_state: Some(state),
+            rss_kib,
+            exit_unseen,
+        };
+        meter::sample(&tx, id, at)?;
+        db::set_state(&tx, id, state, reason, pid)?;
+        tx.commit()?;
+        self.stats
+            .samples
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Samples instance `id`'s usage up to now, its state unchanged.
+    fn sample(&self, id: &str) {
+        let rss_kib = self.vmm_pid(id).and_then(host::rss_kib);
+        let result = self.db(|c| {
+            let tx = c.unchecked_transaction()?;
+            let at = SampleAt {
+                now_ms: meter::now_ms(),
+                rss_kib,
+                ..Default::default()
+            };
+            meter::sample(&tx, id, at)?;
+            tx.commit()
+        });
+        let counter = match result {
+            Ok(()) => &self.stats.samples,
+            Err(e) => {
+                log::error!("{id}: usage sample failed: {}", e.message);
+                &self.stats.sample_failures
+            }
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The pid of instance `id`'s VMM, if it runs.
+    fn vmm_pid(&self, id: &str) -> Option<i64> {
+        self.procs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|p| p.pid)
+    }
+
+    /// Asks every running VMM for a metrics line, then samples every metered instance.
+    pub async fn sample_all(self: &Arc<Self>) {
+        let live: Vec<String> = self
+            .procs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let flushes: Vec<_> = live
+            .into_iter()
+            .map(|id| {
+                let sock = self.api_socket(&id);
+                tokio::spawn(async move { vmm_client::flush_metrics(&sock).await })
+            })
+            .collect();
+        for f in flushes {
+            let _ = f.await;
+        }
+        let ids = match self.db(meter::metered) {
+            Ok(ids) => ids,
+            Err(e) => {
+                log::error!("usage sampling: {}", e.message);
+                return;
+            }
+        };
+        for id in ids {
+            self.sample(&id);
+        }
     }
 
     fn gateway(&self) -> Ipv4Addr {
@@ -398,6 +523,14 @@ impl Agent {
             terminated_at: None,
         };
         db::insert_instance(&c, &inst)?;
+        meter::open(
+            &c,
+            &id,
+            itype.name,
+            itype.memory_mib,
+            &dir.join("metrics.jsonl"),
+            meter::now_ms(),
+        )?;
         drop(c);
         // Volumes: the root copy of the image, then the data volumes.
         let root = dir.join("root.img");
@@ -491,7 +624,10 @@ impl Agent {
                 exited: rx,
             },
         );
-        self.db(|c| db::set_state(c, id, "pending", "user request", Some((pid, start))))
+        self.stats
+            .launches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.transition(id, "pending", "user request", Some((pid, start)))
             .map_err(|e| e.message)?;
         {
             let agent = self.clone();
@@ -572,6 +708,11 @@ impl Agent {
         ));
         steps.push((
             "PUT",
+            "/metrics".into(),
+            json!({"metrics_path": dir.join("metrics.jsonl")}),
+        ));
+        steps.push((
+            "PUT",
             "/actions".into(),
             json!({"action_type": "InstanceStart"}),
         ));
@@ -581,7 +722,7 @@ impl Agent {
                 return Err(e);
             }
         }
-        self.db(|c| db::set_state(c, id, "running", "user request", Some((pid, start))))
+        self.transition(id, "running", "user request", Some((pid, start)))
             .map_err(|e| e.message)?;
         log::info!("{id}: running");
         Ok(())
@@ -598,6 +739,9 @@ impl Agent {
     /// tap (and, for terminate, its volumes and directory).
     fn record_exit(self: &Arc<Self>, id: &str, why: &str) {
         log::info!("{id}: VMM gone ({why})");
+        self.stats
+            .vmm_exits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let intent = self
             .procs
             .lock()
@@ -612,11 +756,14 @@ impl Agent {
         let _ = std::fs::remove_file(self.api_socket(id));
         let result = match intent {
             Intent::Terminate => {
+                // The sample reads the VMM's last metrics line before the directory goes.
+                let r = self.transition(id, "terminated", "user request", None);
                 let _ = std::fs::remove_dir_all(&inst.dir);
-                self.db(|c| db::set_state(c, id, "terminated", "user request", None))
+                r
             }
-            Intent::Stop => self.db(|c| db::set_state(c, id, "stopped", "user request", None)),
+            Intent::Stop => self.transition(id, "stopped", "user request", None),
             Intent::Reboot => {
+                self.sample(id);
                 let agent = self.clone();
                 let id2 = id.to_string();
                 tokio::spawn(async move {
@@ -626,7 +773,7 @@ impl Agent {
                 });
                 Ok(())
             }
-            Intent::Run => self.db(|c| db::set_state(c, id, "stopped", why, None)),
+            Intent::Run => self.transition(id, "stopped", why, None),
         };
         if let Err(e) = result {
             log::error!("{id}: cannot record its exit: {}", e.message);
@@ -660,15 +807,7 @@ impl Agent {
                 ))
             }
         }
-        self.db(|c| {
-            db::set_state(
-                c,
-                id,
-                "stopping",
-                "user request",
-                inst.pid.zip(inst.pid_start),
-            )
-        })?;
+        self.transition(id, "stopping", "user request", inst.pid.zip(inst.pid_start))?;
         self.shut_down(id, Intent::Stop, force).await;
         self.instance(id)
     }
@@ -694,6 +833,8 @@ impl Agent {
             }
             log::warn!("{id}: the guest did not shut down in time; killing its VMM");
         }
+        // Its counters up to now, before it goes without a last line.
+        vmm_client::flush_metrics(&self.api_socket(id)).await;
         // SAFETY: kill has no memory-safety preconditions; the pid is the instance's VMM.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         let _ = Self::wait_exit(&mut rx, Duration::from_secs(10)).await;
@@ -711,7 +852,7 @@ impl Agent {
                 ),
             ));
         }
-        self.db(|c| db::set_state(c, id, "pending", "user request", None))?;
+        self.transition(id, "pending", "user request", None)?;
         let agent = self.clone();
         let id2 = id.to_string();
         tokio::spawn(async move {
@@ -745,21 +886,18 @@ impl Agent {
             "terminated" | "shutting-down" => return Ok(inst),
             _ => {}
         }
-        self.db(|c| {
-            db::set_state(
-                c,
-                id,
-                "shutting-down",
-                "user request",
-                inst.pid.zip(inst.pid_start),
-            )
-        })?;
+        self.transition(
+            id,
+            "shutting-down",
+            "user request",
+            inst.pid.zip(inst.pid_start),
+        )?;
         if self.intend(id, Intent::Terminate).is_some() {
             self.shut_down(id, Intent::Terminate, true).await;
         } else {
             let _ = host::delete_link(&inst.tap);
+            self.transition(id, "terminated", "user request", None)?;
             let _ = std::fs::remove_dir_all(&inst.dir);
-            self.db(|c| db::set_state(c, id, "terminated", "user request", None))?;
         }
         self.instance(id)
     }
@@ -798,12 +936,14 @@ impl Agent {
                 let _ = host::delete_link(&inst.tap);
                 let _ = std::fs::remove_file(&sock);
                 let (state, reason) = if inst.state == "shutting-down" {
-                    let _ = std::fs::remove_dir_all(&inst.dir);
                     ("terminated", "user request")
                 } else {
                     ("stopped", "VMM exited while the agent was down")
                 };
-                self.db(|c| db::set_state(c, &inst.id, state, reason, None))?;
+                self.transition_with(&inst.id, state, reason, None, true)?;
+                if state == "terminated" {
+                    let _ = std::fs::remove_dir_all(&inst.dir);
+                }
                 continue;
             };
             log::info!("{}: adopted its VMM (pid {pid})", inst.id);
@@ -822,15 +962,12 @@ impl Agent {
                 },
             );
             if inst.state == "pending" {
-                self.db(|c| {
-                    db::set_state(
-                        c,
-                        &inst.id,
-                        "running",
-                        "user request",
-                        inst.pid.zip(inst.pid_start),
-                    )
-                })?;
+                self.transition(
+                    &inst.id,
+                    "running",
+                    "user request",
+                    inst.pid.zip(inst.pid_start),
+                )?;
             }
             // Not our child any more: watch it by polling (an exit is seen within 250 ms).
             let agent = self.clone();
@@ -853,5 +990,6 @@ impl Agent {
     /// Forgets terminated instances older than an hour.
     pub fn purge(&self) {
         let _ = self.db(|c| db::purge_terminated(c, db::now() - TERMINATED_KEPT_S));
+        let _ = self.db(|c| meter::prune(c, meter::now_ms() - RAW_SAMPLES_KEPT_MS));
     }
 }

@@ -4,6 +4,7 @@
 use crate::agent::{Agent, RunRequest};
 use crate::db::{self, Instance};
 use crate::error::ApiError;
+use crate::meter::{self, InstanceUsage};
 use crate::types;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -56,6 +57,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/instances/{id}/reboot", post(reboot))
         .route("/v1/instances/{id}/terminate", post(terminate))
         .route("/v1/instances/{id}/console", get(console))
+        .route("/v1/usage", get(usage))
+        .route("/metrics", get(prometheus))
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,
@@ -64,6 +67,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
             }
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            agent.clone(),
+            count_requests,
+        ))
         .with_state(agent)
 }
 
@@ -216,4 +223,117 @@ async fn console(
     Ok(Json(
         json!({"instance_id": id, "output": a.console(&id, kib * 1024)?}),
     ))
+}
+
+/// Counts every answer by method and status, for `GET /metrics`.
+async fn count_requests(
+    State(a): AgentRef,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = req.method().as_str().to_string();
+    let resp = next.run(req).await;
+    let key = (method, resp.status().as_u16());
+    *a.stats
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_insert(0) += 1;
+    resp
+}
+
+/// A time given as Unix seconds (`1764201600`, `1764201600.5`) or RFC 3339 UTC
+/// (`2026-11-27T00:00:00Z`), in milliseconds.
+fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
+    if let Ok(secs) = v.parse::<f64>() {
+        if secs.is_finite() && (0.0..1e11).contains(&secs) {
+            return Ok((secs * 1000.0).round() as i64);
+        }
+    } else if let Ok(t) = humantime::parse_rfc3339(v) {
+        if let Ok(d) = t.duration_since(std::time::UNIX_EPOCH) {
+            return Ok(d.as_millis() as i64);
+        }
+    }
+    Err(ApiError::bad(
+        "InvalidParameterValue",
+        format!(
+            "{name}={v:?}: give Unix seconds or an RFC 3339 UTC time like 2026-11-27T00:00:00Z"
+        ),
+    ))
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn usage_view(u: &InstanceUsage) -> Value {
+    let g = |c: &str| u.usage.get(c);
+    let secs = |c: &str| g(c) as f64 / 1000.0;
+    let mut v = json!({
+        "instance_id": u.instance_id,
+        "instance_type": u.instance_type,
+        "vcpu_seconds": g("vcpu_us") as f64 / 1e6,
+        "memory_mib_seconds": secs("mem_mib_ms"),
+        "rss_mib_seconds": secs("rss_kib_ms") / 1024.0,
+        "pending_seconds": secs("pending_ms"),
+        "running_seconds": secs("running_ms"),
+        "stopping_seconds": secs("stopping_ms"),
+        "stopped_seconds": secs("stopped_ms"),
+        "shutting_down_seconds": secs("shutting_down_ms"),
+    });
+    for c in &meter::COLUMNS[8..] {
+        v[*c] = json!(g(c));
+    }
+    v
+}
+
+/// `GET /v1/usage?from=&to=&instance=`: usage per instance over `[from, to)` (default:
+/// everything up to now).
+async fn usage(State(a): AgentRef, Query(q): Query<HashMap<String, String>>) -> Answer {
+    let mut from = 0;
+    let mut to = meter::now_ms();
+    let mut ids: Option<Vec<String>> = None;
+    for (k, v) in &q {
+        match k.as_str() {
+            "from" => from = parse_time(k, v)?,
+            "to" => to = parse_time(k, v)?,
+            "instance" => ids = Some(v.split(',').map(str::to_string).collect()),
+            _ => {
+                return Err(ApiError::bad(
+                    "InvalidParameter",
+                    format!("unknown parameter {k:?}: use from, to, instance"),
+                ))
+            }
+        }
+    }
+    if from >= to {
+        return Err(ApiError::bad(
+            "InvalidParameterValue",
+            "from must be before to",
+        ));
+    }
+    let all = a.db(|c| meter::query(c, from, to, ids.as_deref()))?;
+    Ok(Json(json!({
+        "from": rfc3339(from),
+        "to": rfc3339(to),
+        "sample_interval_seconds": a.settings.sample_interval.as_secs(),
+        "instances": all.iter().map(usage_view).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /metrics`: per-instance usage counters and the agent's own, in Prometheus's text
+/// format.
+async fn prometheus(State(a): AgentRef) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let text = crate::prometheus::render(&a)?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }

@@ -114,6 +114,7 @@ pub fn open(path: &Path) -> DbResult<Connection> {
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "synchronous", "FULL")?;
     c.execute_batch(SCHEMA)?;
+    crate::meter::init(&c)?;
     Ok(c)
 }
 

@@ -119,6 +119,18 @@ pub fn pid_start_time(pid: i64) -> Option<i64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// A process's resident memory (VmRSS), in KiB.
+pub fn rss_kib(pid: i64) -> Option<i64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +157,6 @@ mod tests {
     fn own_start_time_is_readable() {
         assert!(pid_start_time(std::process::id() as i64).is_some());
         assert!(pid_start_time(i64::from(i32::MAX)).is_none());
+        assert!(rss_kib(std::process::id() as i64).is_some_and(|k| k > 0));
     }
 }

@@ -5,6 +5,7 @@
 //!   start, reboot, terminate, adopt after a restart.
 //! - [`db`]: durable state (SQLite, WAL).
 //! - [`host`]: file copies (reflink or sparse), the bridge and taps, processes.
+//! - [`meter`]: usage per instance (samples, hourly rollups, window queries).
 //! - [`types`]: the instance type catalogue. [`ids`]: EC2-style ids.
 
 pub mod agent;
@@ -13,5 +14,7 @@ pub mod db;
 pub mod error;
 pub mod host;
 pub mod ids;
+pub mod meter;
+pub mod prometheus;
 pub mod types;
 pub mod vmm_client;

@@ -12,7 +12,7 @@ use std::time::Duration;
 #[command(name = "emberd", version)]
 struct Args {
     /// A JSON file with any of `socket`, `state_dir`, `bridge`, `subnet`, `ember`,
-    /// `stop_timeout`; flags given on the command line win.
+    /// `stop_timeout`, `run_dir`, `sample_interval`; flags given on the command line win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The API socket.
@@ -36,6 +36,9 @@ struct Args {
     /// Where the VMMs' API sockets go (keep it short: socket paths are limited).
     #[arg(long, default_value = "/run/ember/vms")]
     run_dir: PathBuf,
+    /// Seconds between usage samples (1 to 300); usage is also sampled at every state change.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    sample_interval: u64,
 }
 
 /// The config file's keys.
@@ -49,6 +52,7 @@ struct FileConfig {
     ember: Option<PathBuf>,
     stop_timeout: Option<u64>,
     run_dir: Option<PathBuf>,
+    sample_interval: Option<u64>,
 }
 
 /// Applies the config file under the flags the user gave explicitly.
@@ -80,6 +84,15 @@ fn merge(mut args: Args, matches: &clap::ArgMatches) -> Result<Args, String> {
     }
     if let (Some(v), false) = (f.run_dir, given("run_dir")) {
         args.run_dir = v;
+    }
+    if let (Some(v), false) = (f.sample_interval, given("sample_interval")) {
+        if !(1..=300).contains(&v) {
+            return Err(format!(
+                "{}: sample_interval must be 1 to 300 seconds",
+                path.display()
+            ));
+        }
+        args.sample_interval = v;
     }
     Ok(args)
 }
@@ -118,6 +131,7 @@ async fn serve(args: Args) -> Result<(), String> {
         ember: resolve(args.ember),
         stop_timeout: Duration::from_secs(args.stop_timeout),
         run_dir: args.run_dir,
+        sample_interval: Duration::from_secs(args.sample_interval),
     };
     let agent = Agent::open(settings)?;
     agent.setup_network()?;
@@ -141,6 +155,17 @@ async fn serve(args: Args) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", args.socket.display()))?;
     std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| format!("{}: {e}", args.socket.display()))?;
+    {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(agent.settings.sample_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                agent.sample_all().await;
+            }
+        });
+    }
     log::info!("serving on {}", args.socket.display());
     axum::serve(listener, agent::api::router(agent))
         .await

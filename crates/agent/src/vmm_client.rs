@@ -58,3 +58,14 @@ pub async fn expect_ok(
         Err(format!("{method} {path}: {status}: {msg}"))
     }
 }
+
+/// Asks the VMM to append a metrics line now; failures are only logged (the VMM may be
+/// exiting, or older than metering), since a sample then reads what lines there are.
+pub async fn flush_metrics(sock: &Path) {
+    let body = serde_json::json!({"action_type": "FlushMetrics"});
+    match call(sock, "PUT", "/actions", Some(&body), Duration::from_secs(2)).await {
+        Ok((204, _)) | Ok((200, _)) => {}
+        Ok((status, text)) => log::debug!("{}: FlushMetrics: {status} {text}", sock.display()),
+        Err(e) => log::debug!("{}: FlushMetrics: {e}", sock.display()),
+    }
+}

@@ -88,6 +88,18 @@ enum Cmd {
     },
     /// Instance types.
     Types,
+    /// Usage per instance over a window (default: everything up to now).
+    Usage {
+        /// Start: Unix seconds or RFC 3339 UTC (2026-11-27T00:00:00Z).
+        #[arg(long)]
+        from: Option<String>,
+        /// End (default now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only these instances (repeatable).
+        #[arg(long = "instance")]
+        instances: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -196,6 +208,49 @@ const INSTANCE_COLS: &[(&str, &str)] = &[
     ("image_id", "IMAGE"),
     ("reason", "REASON"),
 ];
+
+const USAGE_COLS: &[(&str, &str)] = &[
+    ("instance_id", "INSTANCE"),
+    ("instance_type", "TYPE"),
+    ("running_seconds", "RUNNING_S"),
+    ("stopped_seconds", "STOPPED_S"),
+    ("vcpu_seconds", "VCPU_S"),
+    ("memory_mib_seconds", "MEM_MIB_S"),
+    ("block_read_bytes", "BLK_READ"),
+    ("block_write_bytes", "BLK_WRITE"),
+    ("net_rx_bytes", "NET_RX"),
+    ("net_tx_bytes", "NET_TX"),
+];
+
+/// A usage record with its figures formatted for the table (seconds to 0.1, bytes in
+/// binary units).
+fn usage_row(u: &Value) -> Value {
+    let mut row = u.clone();
+    for (k, _) in USAGE_COLS {
+        let v = &u[*k];
+        if k.ends_with("_seconds") {
+            row[*k] = json!(format!("{:.1}", v.as_f64().unwrap_or(0.0)));
+        } else if k.ends_with("_bytes") {
+            row[*k] = json!(bytes(v.as_u64().unwrap_or(0)));
+        }
+    }
+    row
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
 
 fn run(cli: Cli) -> Result<(), String> {
     let sock = &cli.socket;
@@ -367,6 +422,33 @@ fn run(cli: Cli) -> Result<(), String> {
             "",
             INSTANCE_COLS,
         ),
+        Cmd::Usage {
+            from,
+            to,
+            instances,
+        } => {
+            let mut q = Vec::new();
+            if let Some(f) = from {
+                q.push(format!("from={f}"));
+            }
+            if let Some(t) = to {
+                q.push(format!("to={t}"));
+            }
+            if !instances.is_empty() {
+                q.push(format!("instance={}", instances.join(",")));
+            }
+            let v = call(sock, "GET", &format!("/v1/usage?{}", q.join("&")), None)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                println!("usage from {} to {}", s(&v["from"]), s(&v["to"]));
+                let rows: Vec<Value> = v["instances"]
+                    .as_array()
+                    .map(|a| a.iter().map(usage_row).collect())
+                    .unwrap_or_default();
+                table(&rows, USAGE_COLS);
+            }
+        }
         Cmd::Console { id, kib } => {
             let v = call(
                 sock,

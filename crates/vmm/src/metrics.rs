@@ -154,6 +154,7 @@ fn read_all(src: &Sources) -> BTreeMap<String, u64> {
         add("vcpu", "exit_mmio_write", get(&e.exit_mmio_write));
         add("vcpu", "exit_intr", get(&e.exit_intr));
         add("vcpu", "failures", get(&e.failures));
+        add("vcpu", "cpu_time_us", v.cpu_time_us());
     }
     if let Some(u) = &src.uart_out {
         add("uart", "write_count", get(u));

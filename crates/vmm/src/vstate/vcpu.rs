@@ -130,7 +130,10 @@ pub struct VcpuControl {
     pausing: std::sync::atomic::AtomicBool,
     state: Mutex<RunState>,
     changed: Condvar,
+    /// The running thread; `None` before it starts and once it has ended.
     thread: Mutex<Option<libc::pthread_t>>,
+    /// CPU time (µs) of the thread once it has ended.
+    final_cpu_us: AtomicU64,
     /// Exit counters.
     pub exits: VcpuExits,
 }
@@ -142,6 +145,7 @@ impl Default for VcpuControl {
             state: Mutex::new(RunState::Running),
             changed: Condvar::new(),
             thread: Mutex::new(None),
+            final_cpu_us: AtomicU64::new(0),
             exits: VcpuExits::default(),
         }
     }
@@ -169,12 +173,51 @@ impl VcpuControl {
 
     fn kick(&self) {
         if let Some(t) = *self.thread.lock().unwrap_or_else(|p| p.into_inner()) {
-            // SAFETY: `t` is the id of this vCPU's thread, which never exits while the
-            // process runs (vCPU threads end only with the process or after reporting a
-            // stop, after which a signal to it is harmless: the handler is a no-op).
+            // SAFETY: `t` is the id of this vCPU's thread, alive while it is recorded here
+            // (the thread clears it under this lock before it ends); the handler is a no-op.
             unsafe { libc::pthread_kill(t, kick_signal()) };
         }
     }
+
+    /// CPU time the vCPU's thread has used so far (guest time included: KVM_RUN runs on
+    /// it), in microseconds. What metering bills as the guest's vCPU time.
+    pub fn cpu_time_us(&self) -> u64 {
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        match *thread {
+            Some(t) => {
+                let mut clock: libc::clockid_t = 0;
+                // SAFETY: `t` is a live thread (it clears itself from `thread` under this
+                // lock before ending, and we hold the lock); `clock` is a valid out-pointer.
+                if unsafe { libc::pthread_getcpuclockid(t, &mut clock) } != 0 {
+                    return self.final_cpu_us.load(Ordering::Relaxed);
+                }
+                clock_us(clock).unwrap_or_else(|| self.final_cpu_us.load(Ordering::Relaxed))
+            }
+            None => self.final_cpu_us.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Called by the vCPU thread as it ends: keeps its final CPU time.
+    fn thread_ending(&self) {
+        let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(us) = clock_us(libc::CLOCK_THREAD_CPUTIME_ID) {
+            self.final_cpu_us.store(us, Ordering::Relaxed);
+        }
+        *thread = None;
+    }
+}
+
+/// Reads `clock` in microseconds.
+fn clock_us(clock: libc::clockid_t) -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer for the duration of the call.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000)
 }
 
 /// Stops every vCPU in `vcpus` outside the guest; returns once all are parked or, if
@@ -316,6 +359,7 @@ impl Vcpu {
                     u64::from(matches!(reason, StopReason::Failed(_))),
                     Ordering::Relaxed,
                 );
+                self.control.thread_ending();
                 self.stop.notify(VcpuEvent {
                     index: self.index,
                     reason,
