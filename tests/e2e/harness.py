@@ -198,6 +198,9 @@ def stage_artifacts(paths: dict[str, Path], stage: Path) -> dict[str, Path]:
 EMULATION_FAULTS = (
     ("*.console", ("PANIC: double fault", "RIP: 0010:entry_SYSCALL_64+0x0/")),
     ("*.stderr", ("the guest triple-faulted (KVM_EXIT_SHUTDOWN)",)),
+    # The same, for guests emberd ran (each instance's directory under the agent's state).
+    ("state/instances/*/console.log", ("PANIC: double fault", "RIP: 0010:entry_SYSCALL_64+0x0/")),
+    ("state/instances/*/ember.log", ("the guest triple-faulted (KVM_EXIT_SHUTDOWN)",)),
     # Written by a case that raised EmulatedHostFault: the guest's console heartbeat (the
     # serial port's interrupt, not the device under test) stopped together with its I/O.
     ("emulated-host.fault", ("",)),
@@ -272,6 +275,10 @@ def run_inline(names: list[str], paths: dict[str, Path], work: Path, emulated: b
             for f in case_work.iterdir():
                 if f.is_file() and f.stat().st_size <= (1 << 20):
                     shutil.copy2(f, keep / f.name)
+            # emberd's instances: their consoles and VMM logs, named by instance.
+            for f in case_work.glob("state/instances/*/*.log"):
+                if f.stat().st_size <= (1 << 20):
+                    shutil.copy2(f, keep / f"{f.parent.name}.{f.name}")
         rec = {"name": name, "ok": ok, "seconds": round(secs, 2), "detail": detail,
                "data": ctx._data}
         with open(results, "a") as f:
