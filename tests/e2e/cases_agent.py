@@ -123,9 +123,9 @@ def register(agent: Emberd, ctx, cmd: str) -> str:
     return img["id"]
 
 
-# The guest: on its first boot it writes a marker to its root volume; on a later boot it
-# says it found it. Then it idles until stopped.
-MARKER_CMD = ("if [ -f /marker ]; then echo SEEN-MARKER $(cat /marker); else "
+# The guest: prints its user data (its second drive); on its first boot it writes a marker
+# to its root volume; on a later boot it says it found it. Then it idles until stopped.
+MARKER_CMD = ("echo UD=$(head -c 64 /dev/vdb | tr -d '\\000'); if [ -f /marker ]; then echo SEEN-MARKER $(cat /marker); else "
               "echo run-1 > /marker; sync; echo WROTE-MARKER; fi; sleep 100000")
 
 
@@ -135,12 +135,16 @@ def _(ctx):
         agent = Emberd(ctx, ns)
         try:
             image = register(agent, ctx, MARKER_CMD)
+            mode = os.stat(agent.sock).st_mode & 0o777
+            expect(mode == 0o660, f"emberd's socket has mode {mode:o}, not 660")
             ran = agent.ctl_json("run", "--image", image, "--type", "e1.micro",
-                                 "--tag", "Name=web", "--client-token", "tok-1")
+                                 "--tag", "Name=web", "--client-token", "tok-1",
+                                 "--user-data", "hello-from-user-data")
             inst = ran["instances"][0]
             iid = inst["id"]
             expect(inst["state"] == "running", f"run returned {inst['state']}")
             agent.wait_console(iid, "WROTE-MARKER")
+            agent.wait_console(iid, "UD=hello-from-user-data")
             # The same client token: the same instance, no new one.
             again = agent.ctl_json("run", "--image", image, "--client-token", "tok-1", "--no-wait")
             expect([i["id"] for i in again["instances"]] == [iid], f"idempotent run: {again}")
@@ -160,6 +164,16 @@ def _(ctx):
             agent.ctl("start", iid)
             agent.wait_state(iid, "running")
             agent.wait_console(iid, "SEEN-MARKER run-1")
+            # Reboot: a new VMM on the same volumes; the guest boots again.
+            pid_before = agent.instance(iid)["pid"]
+            agent.ctl("reboot", iid)
+            deadline = time.monotonic() + 120
+            while agent.ctl("console", iid).stdout.count("SEEN-MARKER run-1") < 2:
+                expect(time.monotonic() < deadline, "no second boot after reboot")
+                time.sleep(0.3)
+            after = agent.wait_state(iid, "running")
+            expect(after["pid"] != pid_before and after["reason"] == "user request",
+                   f"after reboot: pid {after['pid']} (was {pid_before}), {after['reason']}")
             # kill -9 of its VMM: stopped, with the reason, tap gone.
             pid = agent.instance(iid)["pid"]
             os.kill(pid, signal.SIGKILL)
