@@ -375,7 +375,8 @@ def _emulated_boot(emuhost: Path, names: list[str], paths: dict[str, Path], work
     cmd = emuhost_command(emuhost, work, keep)
     log(f"booting emulated KVM host #{boot}: {' '.join(cmd[:8])} ...")
     t0 = time.monotonic()
-    state = {"case": None, "since": time.monotonic(), "job_done": False}
+    state = {"case": None, "since": time.monotonic(), "job_done": False,
+             "heard": time.monotonic()}
     with open(console, "w") as con:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True, errors="replace")
@@ -386,6 +387,9 @@ def _emulated_boot(emuhost: Path, names: list[str], paths: dict[str, Path], work
                 con.write(line)
                 con.flush()
                 s = line.rstrip("\r\n")
+                state["heard"] = time.monotonic()
+                if s == "emuhost: alive":
+                    continue
                 if s.startswith("e2e: START ") or s.startswith("e2e: RETRY "):
                     # A retried case gets its whole timeout again.
                     state["case"] = s.split()[2].rstrip(":")
@@ -415,6 +419,11 @@ def _emulated_boot(emuhost: Path, names: list[str], paths: dict[str, Path], work
             elif now - state["since"] > 300:
                 hung = "(between cases)"
                 log(f"emulated host #{boot} made no progress for 300s; stopping it")
+            if not hung and now - state["heard"] > 120:
+                # Its init prints a pulse every 20 s: its kernel has wedged.
+                hung = case_now or "(between cases)"
+                log(f"emulated host #{boot} has been silent for 120s (no pulse) during "
+                    f"{hung}; stopping it")
             if hung or now > deadline:
                 proc.kill()
                 break

@@ -255,6 +255,8 @@ impl Agent {
         for id in ids {
             self.sample(&id);
         }
+        // Old terminated instances and raw samples go even if nobody describes anything.
+        self.purge();
     }
 
     fn gateway(&self) -> Ipv4Addr {
