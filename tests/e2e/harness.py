@@ -245,7 +245,7 @@ def run_inline(names: list[str], paths: dict[str, Path], work: Path, emulated: b
     Cases get scratch directories under `scratch` (default: `work`); with a separate
     scratch, each case's small files (consoles, logs, configs) are copied to `work` after it.
     Under emulation, a case whose guest died of the emulated host's known fault
-    (EMULATION_FAULTS) is run once more; on hardware KVM a case runs once."""
+    (EMULATION_FAULTS) is run again, at most 3 times in all; on hardware KVM a case runs once."""
     scratch = scratch or work
     for name in names:
         c = REGISTRY[name]
@@ -256,18 +256,18 @@ def run_inline(names: list[str], paths: dict[str, Path], work: Path, emulated: b
                   rootfs_dir=paths["rootfs_dir"], work=case_work, emulated=emulated)
         log(f"START {name}")
         t0 = time.monotonic()
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3):
             ok, detail = _run_case(c, ctx)
             fault = _emulation_fault(case_work) if emulated and not ok else None
-            if not fault or attempt == 2:
+            if not fault or attempt == 3:
                 break
             # Kept beside the retry's files, so the first attempt's consoles stay readable.
-            first = case_work.with_name(f"{name}.attempt1")
+            first = case_work.with_name(f"{name}.attempt{attempt}")
             shutil.rmtree(first, ignore_errors=True)
             case_work.rename(first)
             case_work.mkdir(parents=True)
             log(f"RETRY {name}: a guest died of a fault of the emulated host ({fault}); "
-                f"first attempt's files in {first}")
+                f"attempt {attempt}'s files in {first}")
         secs = time.monotonic() - t0
         if scratch != work:
             keep = work / "cases" / name
