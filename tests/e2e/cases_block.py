@@ -204,7 +204,10 @@ def _(ctx):
            "then echo RO-WRITE succeeded; else echo RO-WRITE failed; fi; "
            "echo RO-READ $(sha256sum /dev/vda | cut -d' ' -f1); "
            "echo RO-FLAG $(cat /sys/block/vda/ro); echo RO-SERIAL $(cat /sys/block/vda/serial)")
-    vm = run_cmd_vm(ctx, cmd, [drive("ro_drive_7", ro, ro=True)], name="readonly")
+    # Heartbeat, and a wait inside the case's budget: a guest whose console stops mid-line
+    # (the emulated host stopped delivering its interrupts) is then told apart.
+    vm = run_cmd_vm(ctx, cmd, [drive("ro_drive_7", ro, ro=True)], name="readonly",
+                    timeout=100, heartbeat=True)
     out = "\n".join(vm.lines)
     expect("RO-WRITE failed" in out, f"the guest's write to a read-only drive succeeded\n{vm.tail()}")
     expect(f"RO-READ {before}" in out, f"guest read different data than the file\n{vm.tail()}")
