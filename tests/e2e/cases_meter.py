@@ -109,6 +109,16 @@ def run_one(agent: Emberd, image: str, *extra: str, itype: str = "e1.nano") -> s
     return ran["instances"][0]["id"]
 
 
+def metered_run(agent: Emberd, ctx, cmd: str, marker: str, *extra: str,
+                itype: str = "e1.nano") -> tuple[str, dict]:
+    """Runs a guest doing `cmd` until it prints `marker`; returns its id and its usage once
+    the samples have caught up."""
+    iid = run_one(agent, register(agent, ctx, cmd), *extra, itype=itype)
+    wait_line(agent, iid, marker, emulated=ctx.emulated)
+    time.sleep(3 * INTERVAL)
+    return iid, usage(agent, instance=iid)[iid]
+
+
 # Three cases rather than one: each guest's load is its own case, so a crash of the
 # emulated host (its kernel has died under these loads) costs one retry of one part.
 @case("meter_cpu_burning_and_idle_guests_vcpu_seconds", timeout=600)
@@ -167,10 +177,7 @@ def _(ctx):
     with netns("meterblk") as ns:
         agent = Emberd(ctx, ns, extra=("--sample-interval", str(INTERVAL)))
         try:
-            io = run_one(agent, register(agent, ctx, WRITE_CMD), "--data-volume-mib", "128")
-            wait_line(agent, io, "WROTE-64", emulated=ctx.emulated)
-            time.sleep(3 * INTERVAL)
-            u = usage(agent, instance=io)[io]
+            io, u = metered_run(agent, ctx, WRITE_CMD, "WROTE-64", "--data-volume-mib", "128")
             log(f"  guest wrote 64 MiB: block_write_bytes {u['block_write_bytes']}, "
                 f"block_write_ops {u['block_write_ops']}")
             expect(u["block_write_bytes"] >= 64 * MIB, f"block writes {u['block_write_bytes']}")
@@ -198,12 +205,9 @@ def _(ctx):
                 stdout=subprocess.PIPE, text=True)
             assert receiver.stdout is not None
             expect(receiver.stdout.readline().strip() == "LISTENING", "receiver did not start")
-            io = run_one(agent, register(agent, ctx, SEND_CMD), itype="e1.small")
-            wait_line(agent, io, "SENT-100", emulated=ctx.emulated)
+            io, u = metered_run(agent, ctx, SEND_CMD, "SENT-100", itype="e1.small")
             received = receiver.communicate(timeout=60)[0]
             expect(f"RECEIVED {100 * MIB}" in received, f"host receiver: {received!r}")
-            time.sleep(3 * INTERVAL)
-            u = usage(agent, instance=io)[io]
             log(f"  guest sent 100 MiB: net_tx_bytes {u['net_tx_bytes']}, "
                 f"net_tx_packets {u['net_tx_packets']}, net_rx_packets {u['net_rx_packets']}")
             expect(u["net_tx_bytes"] >= 100 * MIB, f"net tx {u['net_tx_bytes']}")
