@@ -1,20 +1,38 @@
 #!/usr/bin/env bash
 # The test command: on a fresh machine, install what is needed, then run every test:
-# formatting, clippy (warnings are errors), unit tests, the cargo-fuzz targets for a bounded
-# time, and the end-to-end cases that boot
-# real guests (directly on hardware KVM, else inside the emulated KVM host).
+# formatting, clippy (warnings are errors) for x86_64 and aarch64, unit tests (aarch64's
+# under qemu-aarch64-static), the cargo-fuzz targets for a bounded time, and the
+# end-to-end cases that boot real guests: x86_64 guests (directly on hardware KVM, else
+# inside the emulated KVM host) and aarch64 guests (inside an emulated aarch64 KVM host,
+# unless this machine is an aarch64 KVM host).
 # Prints 'N passed, N failed' last; exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/guest/install-deps.sh all
 tools/ci/ensure-rust.sh
+arm=aarch64-unknown-linux-gnu
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (-D warnings)"
 cargo clippy --workspace --all-targets -q -- -D warnings
+echo "== cargo clippy --target $arm (-D warnings)"
+cargo clippy --workspace --all-targets --target "$arm" -q -- -D warnings
 echo "== unit tests"
 cargo test --workspace -q 2>&1 | grep -v '^$'
+echo "== unit tests ($arm, under qemu-aarch64-static)"
+cargo test --workspace --target "$arm" -q 2>&1 | grep -v '^$'
 echo "== fuzzing (bounded)"
 tools/ci/fuzz.sh 60
-echo "== end-to-end"
-python3 tests/e2e/run.py "$@"
+arches=$(uname -m)
+[ "$arches" = x86_64 ] && arches="x86_64 aarch64"
+total_pass=0; total_fail=0; status=0
+for guests in $arches; do
+  echo "== end-to-end ($guests guests)"
+  log=$(mktemp)
+  python3 tests/e2e/run.py --arch "$guests" "$@" | tee "$log" || status=1
+  read -r p f < <(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1, $3}' "$log" | tail -1)
+  total_pass=$((total_pass + ${p:-0})); total_fail=$((total_fail + ${f:-1}))
+  rm -f "$log"
+done
+echo "$total_pass passed, $total_fail failed"
+exit $status

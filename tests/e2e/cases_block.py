@@ -14,7 +14,7 @@ import subprocess
 
 from guest import (HEARTBEAT, READY, expect, heartbeat_stopped, run_ember_expecting_error,
                    start_ember, vm_config)
-from harness import CaseFailed, EmulatedHostFault, case
+from harness import ALL_ARCHES, CaseFailed, EmulatedHostFault, case
 
 MIB = 1 << 20
 
@@ -79,7 +79,7 @@ def image_with_file(ctx, name: str, content: bytes):
     return img
 
 
-@case("block_root_drive_boot_reads_host_file")
+@case("block_root_drive_boot_reads_host_file", arches=ALL_ARCHES)
 def _(ctx):
     token = os.urandom(8).hex()
     img = image_with_file(ctx, "root", f"from-the-host {token}\n".encode())
@@ -106,7 +106,7 @@ def write_mbr(path, signature: int, start_lba: int, sectors: int) -> None:
         f.write(struct.pack("<I", signature) + b"\0\0" + entry + bytes(48) + b"\x55\xaa")
 
 
-@case("block_root_drive_by_partuuid_read_write")
+@case("block_root_drive_by_partuuid_read_write", arches=ALL_ARCHES)
 def _(ctx):
     # A disk with an MBR partition table whose one partition holds the root filesystem;
     # the kernel finds it by PARTUUID (disk signature + partition number).
@@ -174,7 +174,7 @@ def check_hashes(vm, files: dict[str, object]):
                f"{dev}: guest read back data hashing {back.group(1)}, host file hashes {host}")
 
 
-@case("block_64mib_guest_write_matches_host_file")
+@case("block_64mib_guest_write_matches_host_file", arches=ALL_ARCHES)
 def _(ctx):
     data = sparse_file(ctx.work / "data0.img", 64 * MIB)
     cmd = write_and_hash_cmd(["vda"], 64)
@@ -183,7 +183,7 @@ def _(ctx):
     os.unlink(data)  # scratch is the emulated host's RAM
 
 
-@case("block_three_drives_two_vcpus_parallel_writes", timeout=420)
+@case("block_three_drives_two_vcpus_parallel_writes", timeout=420, arches=ALL_ARCHES)
 def _(ctx):
     files = {f"vd{c}": sparse_file(ctx.work / f"par{c}.img", 64 * MIB) for c in "abc"}
     drives = [drive(f"data_{dev}", path, cache="Writeback") for dev, path in files.items()]
@@ -194,7 +194,7 @@ def _(ctx):
         os.unlink(path)
 
 
-@case("block_read_only_drive_refuses_writes")
+@case("block_read_only_drive_refuses_writes", arches=ALL_ARCHES)
 def _(ctx):
     ro = ctx.work / "ro.img"
     with open(ro, "wb") as f:
@@ -216,7 +216,7 @@ def _(ctx):
     expect(sha256_file(ro) == before, "the read-only drive's file changed")
 
 
-@case("block_flushed_records_survive_sigkill")
+@case("block_flushed_records_survive_sigkill", arches=ALL_ARCHES)
 def _(ctx):
     # The guest writes numbered 4 KiB records, each followed by fsync (a virtio flush on a
     # Writeback drive), and reports a record only after its fsync returned. ember is
@@ -244,7 +244,7 @@ def _(ctx):
                    f"record {i} of {last} reported durable is missing or torn: {rec[:24]!r}")
 
 
-@case("block_bad_drive_files_are_refused")
+@case("block_bad_drive_files_are_refused", arches=ALL_ARCHES)
 def _(ctx):
     base = vm_config(ctx)
     odd = ctx.work / "odd.img"

@@ -6,7 +6,7 @@ import os
 
 from guest import (READY, expect, parse_ready, run_ember_expecting_error, start_ember,
                    start_qemu_microvm, vm_config)
-from harness import case
+from harness import ALL_ARCHES, case
 
 
 def boot_to_marker(ctx, name="ember", **cfg):
@@ -33,13 +33,44 @@ def _(ctx):
     expect_memory(info, 128)
 
 
+@case("boot_arm64_image_initrd", arches=("aarch64",))
+def _(ctx):
+    info, _ = boot_to_marker(ctx, kernel="Image")
+    expect(info["cpus"] == 1, f"guest reports {info['cpus']} CPUs, expected 1")
+    expect_memory(info, 128)
+
+
+@case("poweroff_by_psci_exits_zero", arches=("aarch64",))
+def _(ctx):
+    # The guest powers off (PSCI SYSTEM_OFF, a KVM system event): ember ends with 0.
+    vm = start_ember(ctx, vm_config(ctx, mode="run", extra_args='ember_cmd="poweroff -f"'),
+                     extra_flags=["--level", "Info"])
+    vm.wait_for(READY, timeout=150)
+    rc = vm.wait_exit(timeout=60)
+    expect(rc == 0, f"ember exited with {rc}\n{vm.tail()}")
+    expect("guest shut down" in vm.stderr(), f"ember did not log a power-off: {vm.stderr()!r}")
+
+
+@case("rtc_gives_the_guest_the_hosts_date", arches=("aarch64",))
+def _(ctx):
+    # The PL031 RTC: the guest's clock starts at the host's wall-clock time.
+    import time as _time
+    vm = start_ember(ctx, vm_config(ctx, mode="run", extra_args='ember_cmd="echo guest-date=$(date +%s)"'))
+    m = vm.wait_for(r"guest-date=(\d+)", timeout=150)
+    now = int(_time.time())
+    expect(abs(int(m.group(1)) - now) < 300,
+           f"guest date {m.group(1)} vs host {now}: the RTC did not set the clock")
+    rc = vm.wait_exit(timeout=60)
+    expect(rc == 0, f"ember exited with {rc}\n{vm.tail()}")
+
+
 @case("boot_bzimage_initrd")
 def _(ctx):
     info, _ = boot_to_marker(ctx, kernel="bzImage")
     expect(info["cpus"] == 1, f"guest reports {info['cpus']} CPUs, expected 1")
 
 
-@case("boot_two_vcpus")
+@case("boot_two_vcpus", arches=ALL_ARCHES)
 def _(ctx):
     info, _ = boot_to_marker(ctx, vcpus=2)
     expect(info["cpus"] == 2, f"guest reports {info['cpus']} CPUs, expected 2")
@@ -51,19 +82,19 @@ def _(ctx):
     expect(info["cpus"] == 2, f"guest reports {info['cpus']} CPUs, expected 2")
 
 
-@case("boot_1024_mib")
+@case("boot_1024_mib", arches=ALL_ARCHES)
 def _(ctx):
     info, _ = boot_to_marker(ctx, mem_mib=1024)
     expect_memory(info, 1024)
 
 
-@case("guest_command_runs_and_reboot_exits_zero")
+@case("guest_command_runs_and_reboot_exits_zero", arches=ALL_ARCHES)
 def _(ctx):
-    # The guest runs a command given on its command line, then reboots (reboot=k: the
-    # kernel writes 0xFE to port 0x64); ember must exit 0.
+    # The guest runs a command given on its command line, then reboots (x86_64, reboot=k:
+    # the kernel writes 0xFE to port 0x64; aarch64: PSCI SYSTEM_RESET); ember must exit 0.
     vm = start_ember(ctx, vm_config(ctx, mode="run",
                                     extra_args='ember_cmd="echo hello-from-$(uname -m)"'))
-    vm.wait_for(r"hello-from-x86_64", timeout=150)
+    vm.wait_for(rf"hello-from-{ctx.arch}", timeout=150)
     vm.wait_for(r"EMBER-CMD-EXIT status=0", timeout=30)
     rc = vm.wait_exit(timeout=60)
     expect(rc == 0, f"ember exited with {rc}\n{vm.tail()}")
@@ -81,7 +112,7 @@ def _(ctx):
            f"expected a reset by KVM_EXIT_SHUTDOWN, ember logged: {err!r}")
 
 
-@case("console_input_reaches_the_guest_without_loss")
+@case("console_input_reaches_the_guest_without_loss", arches=ALL_ARCHES)
 def _(ctx):
     # (The kernel command line cannot carry double quotes inside ember_cmd.)
     # Ten kilobytes typed into ember's stdin, far more than the UART's 64-byte FIFO: every
@@ -101,7 +132,7 @@ def _(ctx):
     expect(rc == 0, f"ember exited with {rc}\n{vm.tail()}")
 
 
-@case("serial_output_to_file")
+@case("serial_output_to_file", arches=ALL_ARCHES)
 def _(ctx):
     cfg = vm_config(ctx)
     out = ctx.work / "console.txt"
@@ -137,19 +168,19 @@ def must_mention(line, *words):
         expect(w in line, f"error line does not mention {w!r}: {line!r}")
 
 
-@case("bad_missing_kernel", timeout=60)
+@case("bad_missing_kernel", timeout=60, arches=ALL_ARCHES)
 def _(ctx):
     line = bad(ctx, lambda c: c["boot-source"].update(kernel_image_path="/nonexistent/vmlinux"))
     must_mention(line, "kernel image", "/nonexistent/vmlinux", "No such file")
 
 
-@case("bad_kernel_is_a_directory", timeout=60)
+@case("bad_kernel_is_a_directory", timeout=60, arches=ALL_ARCHES)
 def _(ctx):
     line = bad(ctx, lambda c: c["boot-source"].update(kernel_image_path=str(ctx.work)))
     must_mention(line, "kernel image", "not a regular file")
 
 
-@case("bad_not_a_kernel", timeout=60)
+@case("bad_not_a_kernel", timeout=60, arches=ALL_ARCHES)
 def _(ctx):
     junk = ctx.work / "junk.bin"
     junk.write_bytes(os.urandom(64 * 1024))
@@ -157,7 +188,7 @@ def _(ctx):
     must_mention(line, str(junk), "not a kernel image")
 
 
-@case("bad_initrd_larger_than_memory", timeout=60)
+@case("bad_initrd_larger_than_memory", timeout=60, arches=ALL_ARCHES)
 def _(ctx):
     big = ctx.work / "big.cpio"
     with open(big, "wb") as f:
@@ -166,54 +197,56 @@ def _(ctx):
     must_mention(line, "initrd", "does not fit")
 
 
-@case("bad_missing_initrd", timeout=60)
+@case("bad_missing_initrd", timeout=60, arches=ALL_ARCHES)
 def _(ctx):
     line = bad(ctx, lambda c: c["boot-source"].update(initrd_path="/nonexistent/initrd"))
     must_mention(line, "initrd", "/nonexistent/initrd")
 
 
-@case("bad_vcpu_count_0_and_33", timeout=60)
+@case("bad_vcpu_count_0_and_33", timeout=60, arches=ALL_ARCHES)
 def _(ctx):
     for n in (0, 33):
         line = bad(ctx, lambda c: c["machine-config"].update(vcpu_count=n))
         must_mention(line, "vcpu_count", str(n))
 
 
-@case("bad_mem_size_zero", timeout=60)
+@case("bad_mem_size_zero", timeout=60, arches=ALL_ARCHES)
 def _(ctx):
     line = bad(ctx, lambda c: c["machine-config"].update(mem_size_mib=0))
     must_mention(line, "mem_size_mib")
 
 
-@case("bad_mem_size_more_than_host_can_map", timeout=60)
+@case("bad_mem_size_more_than_host_can_map", timeout=60, arches=ALL_ARCHES)
 def _(ctx):
-    # 16 TiB: addressable by the guest, but more than any host of ours can back.
-    line = bad(ctx, lambda c: c["machine-config"].update(mem_size_mib=16 << 20))
-    must_mention(line, "guest memory", str(16 << 20))
+    # Addressable by the guest (16 TiB on x86_64; 512 GiB on aarch64, whose guests get a
+    # 40-bit physical address space), but more than any host of ours can back.
+    mib = (512 << 10) if ctx.arch == "aarch64" else (16 << 20)
+    line = bad(ctx, lambda c: c["machine-config"].update(mem_size_mib=mib))
+    must_mention(line, "guest memory", str(mib))
     # 2^40 MiB cannot even be addressed.
     line = bad(ctx, lambda c: c["machine-config"].update(mem_size_mib=1 << 40))
     must_mention(line, "mem_size_mib", "larger than a guest can address")
 
 
-@case("bad_unknown_field", timeout=60)
+@case("bad_unknown_field", timeout=60, arches=ALL_ARCHES)
 def _(ctx):
     line = bad(ctx, lambda c: c["machine-config"].update(vcpus=2))
     must_mention(line, "unknown field `vcpus`")
 
 
-@case("bad_wrong_type", timeout=60)
+@case("bad_wrong_type", timeout=60, arches=ALL_ARCHES)
 def _(ctx):
     line = bad(ctx, lambda c: c["machine-config"].update(vcpu_count="2"))
     must_mention(line, "invalid type", "machine-config.vcpu_count")
 
 
-@case("bad_malformed_json", timeout=60)
+@case("bad_malformed_json", timeout=60, arches=ALL_ARCHES)
 def _(ctx):
     line = bad(ctx, text='{"boot-source": {"kernel_image_path": "/k"')
     must_mention(line, "invalid VM configuration")
 
 
-@case("bad_kvm_not_openable", timeout=60)
+@case("bad_kvm_not_openable", timeout=60, arches=ALL_ARCHES)
 def _(ctx):
     # A private mount namespace whose /dev has no kvm node: what a user sees on a host
     # without KVM, or in a container without the device.

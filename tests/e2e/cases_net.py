@@ -9,7 +9,7 @@ import os
 import subprocess
 
 from guest import HEARTBEAT, READY, expect, heartbeat_stopped, start_ember, vm_config
-from harness import EmulatedHostFault, case
+from harness import ALL_ARCHES, EmulatedHostFault, case
 
 HOST_IP = "172.30.0.1"
 GUEST_IP = "172.30.0.2"
@@ -51,7 +51,7 @@ def net_vm(ctx, ns: str, tap_name: str, guest_ip: str, host_ip: str, cmd: str,
     return start_ember(ctx, cfg, name=name, pre=["ip", "netns", "exec", ns])
 
 
-@case("net_ping_both_ways")
+@case("net_ping_both_ways", arches=ALL_ARCHES)
 def _(ctx):
     with netns("ping") as ns:
         tap(ns, "tap0", f"{HOST_IP}/24")
@@ -67,7 +67,7 @@ def _(ctx):
         vm.kill()
 
 
-@case("net_missing_tap_and_bad_mac_are_refused")
+@case("net_missing_tap_and_bad_mac_are_refused", arches=ALL_ARCHES)
 def _(ctx):
     from guest import run_ember_expecting_error
     base = vm_config(ctx)
@@ -120,7 +120,7 @@ print("HOST-RECEIVED", h.hexdigest(), n - left, flush=True)
 '''
 
 
-@case("net_tcp_256mib_each_way_intact", timeout=1200)
+@case("net_tcp_256mib_each_way_intact", timeout=1200, arches=ALL_ARCHES)
 def _(ctx):
     # The guest keeps each stream in tmpfs and hashes it apart from the transfer: what is
     # checked is the bytes that crossed, end to end.
@@ -154,7 +154,7 @@ def _(ctx):
         expect(vm.wait_exit(timeout=60) == 0, f"ember did not exit 0\n{vm.tail()}")
 
 
-@case("net_two_guests_on_a_bridge")
+@case("net_two_guests_on_a_bridge", arches=ALL_ARCHES)
 def _(ctx):
     a_ip, b_ip = "172.30.0.12", "172.30.0.13"
     with netns("br") as ns:

@@ -25,28 +25,37 @@ def reap_all() -> None:
 
 
 def guest_cmdline(ctx: Ctx, mode: str = "reboot", extra: str = "", reboot: str = "k") -> str:
-    """The test guests' kernel command line. `noxsave` is added only under emulation:
-    TCG's SVM does not intercept XSETBV (see shared notes); `quiet` because every console
-    byte is a VM exit. `reboot=k` resets through the i8042 (ember); QEMU's microvm has no
-    i8042, so it is given `reboot=t` (triple fault). The i8042 options are Firecracker's
+    """The test guests' kernel command line. `quiet` because every console byte is a VM
+    exit. On x86_64: `noxsave` only under emulation (TCG's SVM does not intercept XSETBV,
+    see shared notes); `reboot=k` resets through the i8042 (ember); QEMU's microvm has no
+    i8042, so it is given `reboot=t` (triple fault); the i8042 options are Firecracker's
     defaults: ember's keyboard controller has no mouse port and a keyboard that is not
-    probed (SendCtrlAltDel types into it)."""
-    args = (f"console=ttyS0 reboot={reboot} panic=1 pci=off quiet "
-            "i8042.noaux i8042.nomux i8042.dumbkbd")
-    if ctx.emulated:
-        args += " noxsave"
+    probed (SendCtrlAltDel types into it). On aarch64 the guest resets and powers off
+    through PSCI, and finds its UART in the device tree."""
+    if ctx.arch == "aarch64":
+        args = "console=ttyS0 panic=1 quiet"
+    else:
+        args = (f"console=ttyS0 reboot={reboot} panic=1 pci=off quiet "
+                "i8042.noaux i8042.nomux i8042.dumbkbd")
+        if ctx.emulated:
+            args += " noxsave"
     args += f" ember_mode={mode}"
     if extra:
         args += " " + extra
     return args
 
 
-def vm_config(ctx: Ctx, kernel: str = "vmlinux", initrd: bool = True, vcpus: int = 1,
+def default_kernel(ctx: Ctx) -> str:
+    """The kernel file the guest image build makes for the case's architecture."""
+    return "Image" if ctx.arch == "aarch64" else "vmlinux"
+
+
+def vm_config(ctx: Ctx, kernel: str | None = None, initrd: bool = True, vcpus: int = 1,
               mem_mib: int = 128, mode: str = "reboot", extra_args: str = "",
               reboot: str = "k") -> dict:
     """A Firecracker-format configuration for a test guest."""
     boot = {
-        "kernel_image_path": str(ctx.kernel_dir / kernel),
+        "kernel_image_path": str(ctx.kernel_dir / (kernel or default_kernel(ctx))),
         "boot_args": guest_cmdline(ctx, mode, extra_args, reboot=reboot),
     }
     if initrd:
@@ -277,3 +286,25 @@ def start_qemu_microvm(ctx: Ctx, kernel: str = "vmlinux", vcpus: int = 1, mem_mi
             "-kernel", str(ctx.kernel_dir / kernel), "-initrd", str(ctx.initramfs),
             "-append", guest_cmdline(ctx, mode, reboot="t")]
     return VmProcess(name, argv, ctx.work)
+
+
+def start_qemu_virt(ctx: Ctx, vcpus: int = 1, mem_mib: int = 128, mode: str = "reboot",
+                    name: str = "qemu") -> VmProcess:
+    """QEMU's Arm `virt` machine on KVM with the same Image, initramfs and command line
+    (its PL011 is ttyAMA0; PSCI resets it, and -no-reboot turns that into an exit)."""
+    args = guest_cmdline(ctx, mode).replace("console=ttyS0", "console=ttyAMA0")
+    argv = ["qemu-system-aarch64", "-M", "virt,gic-version=host", "-accel", "kvm",
+            "-cpu", "host", "-smp", str(vcpus), "-m", f"{mem_mib}M", "-nodefaults",
+            "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
+            "-kernel", str(ctx.kernel_dir / "Image"), "-initrd", str(ctx.initramfs),
+            "-append", args]
+    return VmProcess(name, argv, ctx.work)
+
+
+def start_qemu_reference(ctx: Ctx, vcpus: int = 1, mem_mib: int = 128, mode: str = "reboot",
+                         name: str = "qemu") -> VmProcess:
+    """The reference VMM for the case's architecture: QEMU microvm on x86_64, QEMU virt on
+    aarch64."""
+    if ctx.arch == "aarch64":
+        return start_qemu_virt(ctx, vcpus=vcpus, mem_mib=mem_mib, mode=mode, name=name)
+    return start_qemu_microvm(ctx, vcpus=vcpus, mem_mib=mem_mib, mode=mode, name=name)

@@ -75,18 +75,27 @@ class Case:
     fn: Callable[[Ctx], None]
     timeout: float
     suite: str
+    arches: tuple[str, ...]
 
 
 REGISTRY: dict[str, Case] = {}
 
 
-def case(name: str, timeout: float = 180, suite: str = "test"):
-    """Registers a case. `timeout` is in seconds of wall time (generous: emulation is slow)."""
+# The guest architectures a case runs on.
+X86_ONLY = ("x86_64",)
+ALL_ARCHES = ("x86_64", "aarch64")
+
+
+def case(name: str, timeout: float = 180, suite: str = "test",
+         arches: tuple[str, ...] = X86_ONLY):
+    """Registers a case. `timeout` is in seconds of wall time (generous: emulation is slow).
+    `arches`: the guest architectures it applies to (ALL_ARCHES unless it tests something
+    only one architecture has, such as the i8042 or the PVH entry)."""
 
     def wrap(fn):
         if name in REGISTRY:
             raise RuntimeError(f"duplicate case {name}")
-        REGISTRY[name] = Case(name, fn, timeout, suite)
+        REGISTRY[name] = Case(name, fn, timeout, suite, arches)
         return fn
 
     return wrap
@@ -130,17 +139,29 @@ def sh(cmd: list[str], **kw) -> str:
     return res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
 
 
+# Rust's name for each guest architecture's target, when it is not the host's.
+RUST_TARGETS = {"aarch64": "aarch64-unknown-linux-gnu"}
+
+
 def build_all(arch: str = ARCH) -> dict[str, Path]:
-    """Builds ember, emberd and emberctl (release) and the guest images; returns their
-    locations (emberd and emberctl are beside ember)."""
+    """Builds ember, emberd and emberctl (release) and the guest images for `arch`; returns
+    their locations (emberd and emberctl are beside ember). For another architecture than
+    the host's, ember is cross-built (statically linked: see .cargo/config.toml)."""
     t0 = time.monotonic()
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ember", "-p", "agent", "-p", "cli"],
-                   check=True, cwd=ROOT)
+    if arch == ARCH:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "ember", "-p", "agent",
+                        "-p", "cli"], check=True, cwd=ROOT)
+        ember = ROOT / "target/release/ember"
+    else:
+        target = RUST_TARGETS[arch]
+        subprocess.run(["cargo", "build", "--release", "-q", "--target", target, "-p", "ember"],
+                       check=True, cwd=ROOT)
+        ember = ROOT / "target" / target / "release/ember"
     kernel_dir = Path(sh([str(ROOT / "tools/guest/build-kernel.sh"), arch]))
     rootfs_dir = Path(sh([str(ROOT / "tools/guest/build-rootfs.sh"), arch]))
-    log(f"built ember and guest images in {time.monotonic() - t0:.1f}s")
+    log(f"built ember and guest images ({arch}) in {time.monotonic() - t0:.1f}s")
     return {
-        "ember": ROOT / "target/release/ember",
+        "ember": ember,
         "kernel_dir": kernel_dir,
         "rootfs_dir": rootfs_dir,
     }
@@ -240,7 +261,7 @@ def _run_case(c, ctx) -> tuple[bool, str]:
 
 
 def run_inline(names: list[str], paths: dict[str, Path], work: Path, emulated: bool,
-               results: Path, scratch: Path | None = None) -> None:
+               results: Path, scratch: Path | None = None, arch: str = ARCH) -> None:
     """Runs cases one after another here, appending one JSON line per case to `results`.
     Cases get scratch directories under `scratch` (default: `work`); with a separate
     scratch, each case's small files (consoles, logs, configs) are copied to `work` after it.
@@ -253,7 +274,8 @@ def run_inline(names: list[str], paths: dict[str, Path], work: Path, emulated: b
         shutil.rmtree(case_work, ignore_errors=True)
         case_work.mkdir(parents=True)
         ctx = Ctx(ember=paths["ember"], kernel_dir=paths["kernel_dir"],
-                  rootfs_dir=paths["rootfs_dir"], work=case_work, emulated=emulated)
+                  rootfs_dir=paths["rootfs_dir"], work=case_work, emulated=emulated,
+                  arch=arch)
         log(f"START {name}")
         t0 = time.monotonic()
         for attempt in (1, 2, 3):
@@ -300,31 +322,51 @@ def build_emuhost(arch: str = ARCH) -> Path:
     return Path(sh([str(script)]))
 
 
+def emulated_arch_reason(arch: str) -> str | None:
+    """Why guests of `arch` must run in an emulated host here, if they must."""
+    if arch != ARCH:
+        return f"{arch} guests need an {arch} KVM host; this machine is {ARCH}"
+    return None
+
+
 def emuhost_command(emuhost: Path, work: Path, keep: list[Path], arch: str = ARCH,
                     mem_mib: int = 4096) -> list[str]:
     """The QEMU command line of the emulated KVM host. `keep`: host paths the job needs even
     if they lie under /tmp or /run (which the emulated host replaces with tmpfs)."""
+    append = (f"quiet panic=-1 emuhost_work={work} "
+              f"emuhost_keep={','.join(str(p) for p in keep)}")
+    virtfs = [
+        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs", f"local,path={work},mount_tag=work,security_model=none",
+    ]
+    if arch == "aarch64":
+        # Arm's virt machine with EL2 (KVM inside), a GICv3 and the most capable CPU TCG
+        # emulates; its user space is an arm64 Debian initramfs (tools/emuhost).
+        return [
+            "qemu-system-aarch64", "-M", "virt,virtualization=on,gic-version=3", "-cpu", "max",
+            "-smp", "2", "-m", str(mem_mib), "-nographic", "-no-reboot", "-nodefaults",
+            "-serial", "stdio", "-kernel", str(emuhost / "Image"),
+            "-initrd", str(emuhost / "initramfs.cpio"),
+            "-append", "console=ttyAMA0 " + append,
+        ] + virtfs
     if arch != "x86_64":
-        raise RuntimeError(f"no emulated host for {arch} yet")
+        raise RuntimeError(f"no emulated host for {arch}")
     return [
         "qemu-system-x86_64", "-accel", "tcg", "-cpu", "EPYC,+svm", "-smp", "2",
         "-m", str(mem_mib), "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
         "-kernel", str(emuhost / "vmlinuz"), "-initrd", str(emuhost / "initramfs.cpio"),
-        "-append", f"console=ttyS0 quiet panic=-1 emuhost_work={work} "
-                   f"emuhost_keep={','.join(str(p) for p in keep)}",
-        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        "-virtfs", f"local,path={work},mount_tag=work,security_model=none",
-    ]
+        "-append", "console=ttyS0 " + append,
+    ] + virtfs
 
 
 def run_emulated(names: list[str], paths: dict[str, Path], work: Path, results: Path,
                  total_timeout: float, echo_console: bool = False,
-                 modules: list[str] | None = None) -> None:
+                 modules: list[str] | None = None, arch: str = ARCH) -> None:
     """Runs the cases in emulated KVM hosts, as few as possible: one boot runs them all,
     unless the emulated host itself stops responding (TCG's nested SVM can wedge the whole
     L1 kernel). Then a new host runs the cases not yet done. A case during which the host
     hangs twice is recorded as failed; it is not run a third time."""
-    emuhost = build_emuhost()
+    emuhost = build_emuhost(arch)
     deadline = time.monotonic() + total_timeout
     remaining = list(names)
     hung_once: set[str] = set()
@@ -332,7 +374,7 @@ def run_emulated(names: list[str], paths: dict[str, Path], work: Path, results: 
     while remaining and time.monotonic() < deadline:
         boot += 1
         hung = _emulated_boot(emuhost, remaining, paths, work, results, boot,
-                              deadline, echo_console, modules)
+                              deadline, echo_console, modules, arch)
         done = read_results(results)
         if hung and hung not in done:
             if hung in hung_once:
@@ -356,11 +398,13 @@ def _record(results: Path, name: str, ok: bool, detail: str) -> None:
 
 def _emulated_boot(emuhost: Path, names: list[str], paths: dict[str, Path], work: Path,
                    results: Path, boot: int, deadline: float, echo_console: bool,
-                   modules: list[str] | None) -> str | None:
+                   modules: list[str] | None, arch: str) -> str | None:
     """One emulated host running `names`. Returns the case in flight if the host stopped
     responding (no case finished within its timeout plus a margin), else None."""
     job = work / "job.sh"
-    inner = [sys.executable, str(Path(__file__).resolve().parent / "run.py"), "--inner",
+    # Another architecture's emulated host has its own Python (tools/emuhost).
+    python = sys.executable if arch == ARCH else "python3"
+    inner = [python, str(Path(__file__).resolve().parent / "run.py"), "--inner", "--arch", arch,
              "--work", str(work), "--results", str(results),
              "--ember", str(paths["ember"]), "--kernel-dir", str(paths["kernel_dir"]),
              "--rootfs-dir", str(paths["rootfs_dir"]), "--cases", ",".join(names)]
@@ -372,7 +416,7 @@ def _emulated_boot(emuhost: Path, names: list[str], paths: dict[str, Path], work
     console = work / f"emuhost-console-{boot}.log"
     keep = [ROOT, paths["kernel_dir"], paths["rootfs_dir"], paths["ember"].parent]
     keep += [Path(m).parent for m in modules or []]
-    cmd = emuhost_command(emuhost, work, keep)
+    cmd = emuhost_command(emuhost, work, keep, arch)
     log(f"booting emulated KVM host #{boot}: {' '.join(cmd[:8])} ...")
     t0 = time.monotonic()
     state = {"case": None, "since": time.monotonic(), "job_done": False,

@@ -47,6 +47,8 @@ def main() -> int:
     ap.add_argument("--modules", default="", help="extra case modules to import, by path (benchmarks)")
     ap.add_argument("--timeout", type=float, default=1500, help="whole run timeout, seconds")
     ap.add_argument("--echo-console", action="store_true", help="show the emulated host's whole console")
+    ap.add_argument("--arch", default=harness.ARCH,
+                    help="guest architecture: x86_64 or aarch64 (default: the host's)")
     ap.add_argument("--list", action="store_true")
     # Used inside the emulated host.
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
@@ -61,12 +63,12 @@ def main() -> int:
 
     if args.cases:
         names = args.cases.split(",")
-        unknown = [n for n in names if n not in REGISTRY]
+        unknown = [n for n in names if n not in REGISTRY or args.arch not in REGISTRY[n].arches]
         if unknown:
-            print(f"unknown cases: {', '.join(unknown)}", file=sys.stderr)
+            print(f"unknown cases (for {args.arch}): {', '.join(unknown)}", file=sys.stderr)
             return 2
     else:
-        names = [n for n, c in REGISTRY.items() if c.suite == args.suite]
+        names = [n for n, c in REGISTRY.items() if c.suite == args.suite and args.arch in c.arches]
     if args.list:
         print("\n".join(names))
         return 0
@@ -78,22 +80,25 @@ def main() -> int:
         stage = Path(tempfile.mkdtemp(prefix="ember-e2e-", dir="/tmp"))
         paths = harness.stage_artifacts(paths, stage)
         harness.run_inline(names, paths, Path(args.work), emulated=True,
-                           results=Path(args.results), scratch=stage)
+                           results=Path(args.results), scratch=stage, arch=args.arch)
         return 0
 
     mode, why = harness.detect_mode()
-    log(f"mode: {mode} ({why})")
+    cross = harness.emulated_arch_reason(args.arch)
+    if cross:
+        mode, why = "emulated", cross
+    log(f"mode: {mode} ({why}); guests: {args.arch}")
     t0 = time.monotonic()
-    paths = harness.build_all()
+    paths = harness.build_all(args.arch)
     work = harness.new_work_dir(args.suite)
     results = work / "results.jsonl"
     log(f"{len(names)} cases, work directory {work}")
     if mode == "direct":
-        harness.run_inline(names, paths, work, emulated=False, results=results)
+        harness.run_inline(names, paths, work, emulated=False, results=results, arch=args.arch)
     else:
         modules = [str(Path(m).resolve()) for m in args.modules.split(",") if m]
         harness.run_emulated(names, paths, work, results, total_timeout=args.timeout,
-                             echo_console=args.echo_console, modules=modules)
+                             echo_console=args.echo_console, modules=modules, arch=args.arch)
     got = harness.read_results(results)
     passed = sum(1 for n in names if got.get(n, {}).get("ok"))
     missing = [n for n in names if n not in got]

@@ -1,5 +1,5 @@
-"""Boot benchmark: ember against QEMU microvm, same host, same kernel and initramfs,
-interleaved. Registered as the `bench_boot` case of the e2e harness (suite `bench`), so it
+"""Boot benchmark: ember against QEMU (microvm on x86_64, virt on aarch64), same host,
+same kernel and initramfs, interleaved. Registered as the `bench_boot` case of the e2e harness (suite `bench`), so it
 runs wherever guest tests run (directly on hardware KVM, or inside the emulated KVM host)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import statistics
 import time
 
 from guest import (READY, ember_guest_ranges, rss_excluding_guest_kib, start_ember,
-                   start_qemu_microvm, vm_config)
-from harness import case, log
+                   start_qemu_reference, vm_config)
+from harness import ALL_ARCHES, case, log
 
 RUNS = int(os.environ.get("EMBER_BENCH_RUNS", "10"))
 
@@ -20,7 +20,7 @@ def _boot_once(ctx, vmm: str, i: int) -> dict:
     if vmm == "ember":
         vm = start_ember(ctx, vm_config(ctx), name=f"ember-{i}", extra_flags=["--level", "Info"])
     else:
-        vm = start_qemu_microvm(ctx, name=f"qemu-{i}")
+        vm = start_qemu_reference(ctx, name=f"qemu-{i}")
     m = vm.wait_for(READY + r".*uptime_ms=(\d+)", timeout=300)
     ready = vm.matched_at - vm.t_exec
     guest_ms = int(m.group(1))
@@ -46,7 +46,7 @@ def _idle_rss(ctx, vmm: str) -> int:
         vm = start_ember(ctx, vm_config(ctx, mode="stay"), name="ember-idle",
                          extra_flags=["--level", "Debug"])
     else:
-        vm = start_qemu_microvm(ctx, mode="stay", name="qemu-idle")
+        vm = start_qemu_reference(ctx, mode="stay", name="qemu-idle")
     vm.wait_for(READY, timeout=300)
     time.sleep(2)
     if vmm == "ember":
@@ -59,7 +59,7 @@ def _idle_rss(ctx, vmm: str) -> int:
     return rss
 
 
-@case("bench_boot", timeout=3600, suite="bench")
+@case("bench_boot", timeout=3600, suite="bench", arches=ALL_ARCHES)
 def _(ctx):
     samples: dict[str, list[dict]] = {"ember": [], "qemu": []}
     for i in range(RUNS):
@@ -73,12 +73,19 @@ def _(ctx):
     def col(vmm, key):
         return [s[key] for s in samples[vmm] if key in s]
 
-    where = "emulated KVM host (QEMU TCG + nested SVM)" if ctx.emulated else "hardware KVM"
+    if not ctx.emulated:
+        where = "hardware KVM"
+    elif ctx.arch == "aarch64":
+        where = "emulated aarch64 KVM host (QEMU TCG, virt with EL2)"
+    else:
+        where = "emulated KVM host (QEMU TCG + nested SVM)"
+    kernel = "Image" if ctx.arch == "aarch64" else "vmlinux"
+    qemu = "qemu virt" if ctx.arch == "aarch64" else "qemu microvm"
     log(f"boot benchmark, {RUNS} interleaved runs each, {where}; guest: 1 vCPU, 128 MiB, "
-        "vmlinux + initramfs, quiet")
+        f"{kernel} + initramfs, quiet")
     log(f"{'metric (ms)':34} {'median':>8} {'min':>8} {'max':>8}")
     for vmm in ("ember", "qemu"):
-        label = "ember" if vmm == "ember" else "qemu microvm"
+        label = "ember" if vmm == "ember" else qemu
         log(f"{label + ': exec -> ready marker':34} {_stats(col(vmm, 'ready_ms'))}")
         log(f"{label + ': exec -> exit':34} {_stats(col(vmm, 'exit_ms'))}")
     # The guest's own clock at the marker (kvm-clock) is reported for ember only: under
@@ -88,6 +95,6 @@ def _(ctx):
     ratio = statistics.median(col("ember", "ready_ms")) / statistics.median(col("qemu", "ready_ms"))
     log(f"ember/qemu median exec -> ready: {ratio:.2f}x")
     log(f"RSS excluding guest memory, guest idle: ember {rss['ember']} KiB, "
-        f"qemu microvm {rss['qemu']} KiB")
+        f"{qemu} {rss['qemu']} KiB")
     bad = [s for v in samples.values() for s in v if s["rc"] != 0]
     ctx.data(samples=samples, rss_kib=rss, ratio_ready=ratio, nonzero_exits=len(bad))

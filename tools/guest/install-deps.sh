@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Installs, with apt, what building guest images and running the test harness needs.
-# Usage: tools/guest/install-deps.sh [kernel|images|harness|bench|all]   (default all)
+# Usage: tools/guest/install-deps.sh [kernel|images|harness|bench|cross|all]   (default all)
 # Does nothing for packages already installed; needs root (or sudo) for apt.
 set -euo pipefail
 what=${1:-all}
 pkgs=()
 case "$what" in
-  kernel) pkgs+=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils) ;;
+  kernel) pkgs+=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils
+                  gcc-aarch64-linux-gnu) ;;
+  cross) pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static) ;;
   images) pkgs+=(busybox-static e2fsprogs cpio) ;;
-  harness) pkgs+=(qemu-system-x86 kmod xz-utils cpio busybox-static iproute2
+  harness) pkgs+=(qemu-system-x86 qemu-system-arm kmod xz-utils cpio busybox-static iproute2
                    python3-prometheus-client prometheus) ;;   # metering checks (promtool)
   bench) pkgs+=(iperf3) ;;   # host side of bench_net, and copied into the bench tools image
   all) pkgs+=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils
               busybox-static e2fsprogs cpio qemu-system-x86 kmod iproute2 iperf3
+              gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static qemu-system-arm
               python3-prometheus-client prometheus) ;;
   *) echo "install-deps: unknown set $what" >&2; exit 1 ;;
 esac

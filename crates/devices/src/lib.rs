@@ -6,6 +6,7 @@
 
 pub mod bus;
 pub mod i8042;
+pub mod rtc;
 pub mod serial;
 pub mod virtio;
 

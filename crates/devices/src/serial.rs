@@ -1,4 +1,5 @@
-//! The 16550A UART at COM1 (0x3f8, IRQ 4), on top of vm-superio's register model.
+//! The 16550A UART (COM1 on x86_64, an MMIO window on aarch64), on top of vm-superio's
+//! register model.
 //! The guest's transmit bytes go to any writer (stdout, a file); received bytes are pushed
 //! in by the VMM's event loop with [`SerialDevice::receive`], never more than the receive
 //! FIFO has room for, and an eventfd says when the guest has drained it. The interrupt line
@@ -9,6 +10,9 @@ use std::io::Write;
 use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
+
+/// Number of the UART's byte-wide registers.
+const UART_REGS: u64 = 8;
 
 /// COM1's I/O port base.
 pub const COM1_PORT: u64 = 0x3f8;
@@ -81,7 +85,8 @@ impl SerialDevice {
 
 impl BusDevice for SerialDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if data.len() != 1 {
+        // Eight byte-wide registers; the rest of an MMIO window reads as nothing.
+        if data.len() != 1 || offset >= UART_REGS {
             data.fill(0xff);
             return;
         }
@@ -89,7 +94,7 @@ impl BusDevice for SerialDevice {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if data.len() != 1 {
+        if data.len() != 1 || offset >= UART_REGS {
             return;
         }
         if let Err(e) = self.uart.write(offset as u8, data[0]) {

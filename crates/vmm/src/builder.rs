@@ -12,8 +12,10 @@ use crate::vstate::vcpu::{FirstRunHook, StopNotifier, Vcpu, VcpuControl, VcpuErr
 use crate::vstate::vm::{Vm, VmError};
 use arch::boot::{self, BootError, BootSetup};
 use arch::layout::CMDLINE_MAX_SIZE;
-use devices::i8042::{I8042, I8042_LEN, I8042_PORT, KBD_IRQ};
-use devices::serial::{SerialDevice, COM1_IRQ, COM1_LEN, COM1_PORT};
+use arch::{DeviceBus, DevicePlace};
+use devices::i8042::I8042;
+use devices::rtc::RtcDevice;
+use devices::serial::SerialDevice;
 use devices::virtio::block::{Block, DiskError, DiskFile, DiskSwap};
 use devices::virtio::net::{Net, NetConfig, Tap, TapError};
 use devices::virtio::DevicePause;
@@ -93,6 +95,9 @@ pub enum BuildError {
     /// The guest could not be run.
     #[error("{0}")]
     GuestFailed(String),
+    /// The VM has no interrupt controller to describe to the guest.
+    #[error("the VM's interrupt controller was not created")]
+    NoIrqChip,
 }
 
 /// Options that are about this process rather than the guest.
@@ -102,6 +107,20 @@ pub struct RunOptions {
     pub on_first_run: Option<FirstRunHook>,
     /// Where the guest's console input comes from (ember passes its stdin).
     pub console_input: Option<File>,
+}
+
+/// Puts a platform device on the bus its architecture gives it.
+fn place(
+    pio: &mut Bus,
+    mmio: &mut Bus,
+    dev: Arc<Mutex<dyn devices::BusDevice>>,
+    at: DevicePlace,
+) -> Result<(), BusError> {
+    let bus = match at.bus {
+        DeviceBus::Pio => pio,
+        DeviceBus::Mmio => mmio,
+    };
+    bus.insert(dev, at.base, at.len)
 }
 
 /// Opens a boot file, refusing directories and devices (a directory opens fine on Linux
@@ -152,8 +171,8 @@ pub struct Runtime {
     pub vcpus: Vec<Arc<VcpuControl>>,
     /// Device and vCPU counters.
     pub metrics: Sources,
-    /// The keyboard controller (Ctrl-Alt-Del).
-    pub i8042: Arc<Mutex<I8042>>,
+    /// The keyboard controller (Ctrl-Alt-Del), where the architecture has one.
+    pub i8042: Option<Arc<Mutex<I8042>>>,
     /// Each drive as configured, and where a new backing file is handed to it.
     pub drives: Vec<(DriveSpec, Arc<DiskSwap>)>,
     /// Every virtio device's pause switch.
@@ -238,20 +257,22 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
     }
     let serial_out = serial_output(res)?;
 
-    let vm = Vm::new()?;
+    let mut vm = Vm::new()?;
     log::debug!("KVM VM created");
     let guest_mem = Arc::new(memory::create_guest_memory(res.mem_size_mib)?);
     vm.register_memory(&guest_mem)?;
     log::debug!("guest memory mapped and registered");
     let mem_size = res.mem_size_mib << 20;
+    // Every vCPU exists before the interrupt controller is completed (aarch64's GIC is
+    // sized by them) and before any device interrupt is wired to it.
+    let vcpu_fds = (0..res.vcpu_count)
+        .map(|index| vm.create_vcpu(index))
+        .collect::<Result<Vec<_>, _>>()?;
+    vm.create_irqchip(&vcpu_fds)?;
 
     let kernel_entry = boot::load_kernel(guest_mem.as_ref(), &mut kernel, mem_size)
         .map_err(|e| BuildError::Kernel(res.kernel_path.clone(), e))?;
-    log::debug!(
-        "kernel loaded, entry {:#x} ({:?})",
-        kernel_entry.entry,
-        kernel_entry.mode
-    );
+    log::debug!("kernel loaded: {kernel_entry:?}");
     let initrd = match initrd.as_mut() {
         Some((path, file)) => Some(
             boot::load_initrd(guest_mem.as_ref(), file, kernel_entry.end, mem_size)
@@ -260,7 +281,7 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
         None => None,
     };
     log::debug!("initrd loaded");
-    // Virtio devices before the boot structures: each adds itself to the command line.
+    // Virtio devices before the boot structures, which describe them.
     let mut mmio = Bus::new();
     let mut device_manager = MmioDeviceManager::new();
     let mut sources = Sources::default();
@@ -284,7 +305,7 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
         sources.net.push((spec.id.clone(), net.counters()));
         device_manager.attach(&vm, &guest_mem, &mut mmio, &mut cmdline, Box::new(net))?;
     }
-    let mmio = Arc::new(mmio);
+    let irqchip = vm.irqchip().ok_or(BuildError::NoIrqChip)?;
     boot::configure_system(
         guest_mem.as_ref(),
         &BootSetup {
@@ -293,13 +314,18 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
             initrd,
             mem_size,
             vcpus: res.vcpu_count,
+            virtio: device_manager.devices(),
+            irqchip,
         },
     )?;
 
-    // Legacy devices on the port bus.
+    // The platform's own devices, on the bus and at the lines the architecture gives them.
+    let mut pio = Bus::new();
     let new_evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd);
     let serial_irq = new_evt()?;
-    vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+    if let Some(irq) = arch::layout::SERIAL.irq {
+        vm.register_irqfd(&serial_irq, irq)?;
+    }
     let rx_drained = new_evt()?;
     let uart_out = Arc::new(AtomicU64::new(0));
     sources.uart_out = Some(uart_out.clone());
@@ -308,16 +334,32 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
         Box::new(CountingWriter::new(serial_out, uart_out)),
         rx_drained.try_clone().map_err(BuildError::EventFd)?,
     )));
+    place(&mut pio, &mut mmio, serial.clone(), arch::layout::SERIAL)?;
     let reset_evt = new_evt()?;
-    let kbd_irq = new_evt()?;
-    vm.register_irqfd(&kbd_irq, KBD_IRQ)?;
-    let i8042 = Arc::new(Mutex::new(
-        I8042::new(reset_evt.try_clone().map_err(BuildError::EventFd)?).with_keyboard_irq(kbd_irq),
-    ));
-    let mut pio = Bus::new();
-    pio.insert(serial.clone(), COM1_PORT, COM1_LEN)?;
-    pio.insert(i8042.clone(), I8042_PORT, I8042_LEN)?;
+    let i8042 = match arch::layout::I8042 {
+        Some(at) => {
+            let mut dev = I8042::new(reset_evt.try_clone().map_err(BuildError::EventFd)?);
+            if let Some(irq) = at.irq {
+                let kbd_irq = new_evt()?;
+                vm.register_irqfd(&kbd_irq, irq)?;
+                dev = dev.with_keyboard_irq(kbd_irq);
+            }
+            let dev = Arc::new(Mutex::new(dev));
+            place(&mut pio, &mut mmio, dev.clone(), at)?;
+            Some(dev)
+        }
+        None => None,
+    };
+    if let Some(at) = arch::layout::RTC {
+        place(
+            &mut pio,
+            &mut mmio,
+            Arc::new(Mutex::new(RtcDevice::new())),
+            at,
+        )?;
+    }
     let pio = Arc::new(pio);
+    let mmio = Arc::new(mmio);
 
     // The event loop must exist before the vCPUs can report to it.
     let stop_evt = Arc::new(new_evt()?);
@@ -337,9 +379,8 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
         ))));
     }
 
-    let mut vcpus = Vec::with_capacity(res.vcpu_count as usize);
-    for index in 0..res.vcpu_count {
-        let fd = vm.create_vcpu(index)?;
+    let mut vcpus = Vec::with_capacity(vcpu_fds.len());
+    for (index, fd) in (0..res.vcpu_count).zip(vcpu_fds) {
         let vcpu = Vcpu::new(
             index,
             fd,
@@ -348,12 +389,7 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
             guest_mem.clone(),
             StopNotifier::new(tx.clone(), stop_evt.clone()),
         );
-        vcpu.configure(
-            vm.supported_cpuid(),
-            res.vcpu_count,
-            kernel_entry.mode,
-            kernel_entry.entry,
-        )?;
+        vcpu.configure(&vm, res.vcpu_count, &kernel_entry, mem_size)?;
         vcpus.push(vcpu);
     }
     if let (Some(hook), Some(boot_vcpu)) = (opts.on_first_run.take(), vcpus.first_mut()) {

@@ -1,16 +1,17 @@
 //! Places virtio-mmio devices: gives each a register window and an interrupt line, wires
 //! its queue notifications (ioeventfd) and its interrupt (irqfd) into KVM, puts it on the
-//! MMIO bus, and tells the guest where it is on the kernel command line.
+//! MMIO bus, and tells the guest where it is (the kernel command line on x86_64, the
+//! device tree on aarch64: see `arch::boot`).
 
 use crate::vstate::vm::{Vm, VmError};
 use arch::layout::{IRQ_DEVICES_FIRST, IRQ_DEVICES_LAST, MMIO_DEVICES_SIZE, MMIO_DEVICES_START};
+use arch::VirtioDeviceInfo;
 use devices::virtio::mmio::{MmioTransport, MMIO_WINDOW_LEN, QUEUE_NOTIFY_OFFSET};
 use devices::virtio::{GuestMemory, Interrupt, VirtioDevice};
 use devices::{Bus, BusError};
 use linux_loader::cmdline::Cmdline;
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
-use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Errors attaching a device.
@@ -41,6 +42,7 @@ pub enum DeviceManagerError {
 pub struct MmioDeviceManager {
     next_base: u64,
     next_irq: u32,
+    attached: Vec<VirtioDeviceInfo>,
 }
 
 impl Default for MmioDeviceManager {
@@ -55,6 +57,7 @@ impl MmioDeviceManager {
         Self {
             next_base: MMIO_DEVICES_START,
             next_irq: IRQ_DEVICES_FIRST,
+            attached: Vec::new(),
         }
     }
 
@@ -83,12 +86,21 @@ impl MmioDeviceManager {
             vm.register_ioevent(evt, base + QUEUE_NOTIFY_OFFSET, index as u32)?;
         }
         bus.insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_LEN)?;
-        cmdline
-            .add_virtio_mmio_device(MMIO_WINDOW_LEN, GuestAddress(base), irq, None)
-            .map_err(DeviceManagerError::Cmdline)?;
+        let info = VirtioDeviceInfo {
+            addr: base,
+            len: MMIO_WINDOW_LEN,
+            irq,
+        };
+        arch::boot::announce_virtio_device(cmdline, &info).map_err(DeviceManagerError::Cmdline)?;
+        self.attached.push(info);
         log::debug!("virtio-mmio device at {base:#x}, irq {irq}");
         self.next_base += MMIO_WINDOW_LEN;
         self.next_irq += 1;
         Ok((base, irq))
+    }
+
+    /// Every device attached so far, in order.
+    pub fn devices(&self) -> &[VirtioDeviceInfo] {
+        &self.attached
     }
 }

@@ -379,7 +379,12 @@ impl Controller {
                         let Some(rt) = self.runtime.as_ref() else {
                             return Err(bad("SendCtrlAltDel: the guest has not been started"));
                         };
-                        rt.i8042
+                        let Some(i8042) = rt.i8042.as_ref() else {
+                            return Err(bad(
+                                "SendCtrlAltDel: this machine has no keyboard controller (x86_64 only)",
+                            ));
+                        };
+                        i8042
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .ctrl_alt_del()

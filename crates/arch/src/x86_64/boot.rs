@@ -5,6 +5,8 @@ use super::layout::*;
 use super::mptable::{self, MpTableError};
 use super::regs::{self, EntryMode, RegsError};
 use crate::file_map::GuestFileReader;
+use crate::initrd::{self, InitrdError, InitrdPlacement};
+use crate::VirtioDeviceInfo;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::bzimage::{self, BzImage};
@@ -33,17 +35,9 @@ pub enum BootError {
     /// The kernel does not fit in guest memory.
     #[error("the kernel does not fit in {0} MiB of guest memory")]
     KernelTooBig(u64),
-    /// The initrd does not fit between the kernel and the top of low memory.
-    #[error("the initrd ({size} bytes) does not fit in guest memory ({avail} bytes free above the kernel)")]
-    InitrdTooBig {
-        /// initrd size.
-        size: u64,
-        /// Bytes available for it.
-        avail: u64,
-    },
-    /// Reading the initrd failed.
-    #[error("cannot read the initrd: {0}")]
-    InitrdRead(std::io::Error),
+    /// The initrd cannot be placed or read.
+    #[error(transparent)]
+    Initrd(#[from] InitrdError),
     /// The command line could not be placed in memory.
     #[error("cannot write the kernel command line: {0}")]
     Cmdline(loader::Error),
@@ -122,41 +116,19 @@ pub fn load_kernel<M: GuestMemoryBackend>(
     }
 }
 
-/// A loaded initrd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InitrdPlacement {
-    /// Guest-physical address.
-    pub addr: u64,
-    /// Size in bytes.
-    pub size: u64,
-}
-
-/// Where an initrd of `size` bytes goes: page-aligned at the top of low RAM, above the kernel.
-pub fn place_initrd(size: u64, kernel_end: u64, mem_size: u64) -> Result<u64, BootError> {
-    let top = low_ram_end(mem_size);
-    let floor = kernel_end.max(HIMEM_START);
-    let avail = top.saturating_sub(floor);
-    let too_big = BootError::InitrdTooBig { size, avail };
-    let addr = top.checked_sub(size).ok_or(too_big)? & !0xfff;
-    if addr < floor {
-        return Err(BootError::InitrdTooBig { size, avail });
-    }
-    Ok(addr)
-}
-
-/// Loads the initrd at the top of low memory.
+/// Loads the initrd page-aligned as high as it may go, above the kernel.
 pub fn load_initrd<M: GuestMemoryBackend>(
     mem: &M,
     initrd: &mut File,
     kernel_end: u64,
     mem_size: u64,
 ) -> Result<InitrdPlacement, BootError> {
-    let size = initrd.metadata().map_err(BootError::InitrdRead)?.len();
-    let addr = place_initrd(size, kernel_end, mem_size)?;
-    let mut reader = GuestFileReader::new(initrd, mem).map_err(BootError::InitrdRead)?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut reader, size as usize)
-        .map_err(|e| BootError::InitrdRead(std::io::Error::other(e.to_string())))?;
-    Ok(InitrdPlacement { addr, size })
+    Ok(initrd::load(
+        mem,
+        initrd,
+        kernel_end.max(HIMEM_START),
+        low_ram_end(mem_size),
+    )?)
 }
 
 #[derive(Clone, Copy, Default)]
@@ -202,6 +174,20 @@ pub struct BootSetup<'a> {
     pub mem_size: u64,
     /// Number of vCPUs.
     pub vcpus: u8,
+    /// The virtio-mmio devices (already on the command line, see
+    /// [`announce_virtio_device`]).
+    pub virtio: &'a [VirtioDeviceInfo],
+    /// The interrupt controller (in KVM; nothing to describe beyond the MP table).
+    pub irqchip: &'a super::vm::IrqChip,
+}
+
+/// Tells the guest about a virtio-mmio device: on x86_64 through the command line
+/// (`virtio_mmio.device=<size>@<addr>:<irq>`), which the kernel parses at boot.
+pub fn announce_virtio_device(
+    cmdline: &mut Cmdline,
+    device: &VirtioDeviceInfo,
+) -> Result<(), linux_loader::cmdline::Error> {
+    cmdline.add_virtio_mmio_device(device.len, GuestAddress(device.addr), device.irq, None)
 }
 
 /// Writes the command line, MP table, boot page tables/GDT and the zero page or PVH
@@ -310,27 +296,9 @@ fn write_zero_page<M: GuestMemoryBackend>(
 mod tests {
     use super::*;
 
-    const MIB: u64 = 1 << 20;
-
     #[test]
-    fn initrd_goes_to_the_top_of_low_memory() {
-        let addr = place_initrd(3 * MIB + 5, 20 * MIB, 128 * MIB).unwrap();
-        assert_eq!(addr & 0xfff, 0);
-        assert!(addr + 3 * MIB + 5 <= 128 * MIB);
-        assert!(addr >= 20 * MIB);
-        let big = place_initrd(3 * MIB, 20 * MIB, 8192 * MIB).unwrap();
-        assert!(big + 3 * MIB <= MMIO_GAP_START);
-    }
-
-    #[test]
-    fn initrd_larger_than_memory_is_refused() {
-        assert!(matches!(
-            place_initrd(200 * MIB, 20 * MIB, 128 * MIB),
-            Err(BootError::InitrdTooBig { .. })
-        ));
-        assert!(matches!(
-            place_initrd(110 * MIB, 20 * MIB, 128 * MIB),
-            Err(BootError::InitrdTooBig { .. })
-        ));
+    fn the_initrd_area_ends_at_the_mmio_gap() {
+        assert_eq!(low_ram_end(128 << 20), 128 << 20);
+        assert_eq!(low_ram_end(8192 << 20), MMIO_GAP_START);
     }
 }

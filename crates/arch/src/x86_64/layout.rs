@@ -13,6 +13,7 @@
 //! 0x1_0000_0000 RAM above the gap, if the guest has more than 3.25 GiB
 //! ```
 
+use crate::{DeviceBus, DevicePlace};
 use vm_memory::GuestAddress;
 
 /// GDT location.
@@ -57,6 +58,23 @@ pub const MMIO_DEVICES_SIZE: u64 = 0x1000_0000;
 pub const IRQ_DEVICES_FIRST: u32 = 5;
 /// Last interrupt line (the IOAPIC has 24 pins).
 pub const IRQ_DEVICES_LAST: u32 = 23;
+/// The UART (COM1).
+pub const SERIAL: DevicePlace = DevicePlace {
+    bus: DeviceBus::Pio,
+    base: 0x3f8,
+    len: 8,
+    irq: Some(4),
+};
+/// The i8042 keyboard controller (its reset line, and Ctrl-Alt-Del).
+pub const I8042: Option<DevicePlace> = Some(DevicePlace {
+    bus: DeviceBus::Pio,
+    base: 0x60,
+    len: 5,
+    irq: Some(1),
+});
+/// No CMOS RTC is emulated on x86_64 (the guest keeps time with kvm-clock).
+pub const RTC: Option<DevicePlace> = None;
+
 /// IOAPIC register window.
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 /// Local APIC register window.

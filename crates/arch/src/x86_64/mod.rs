@@ -1,4 +1,5 @@
-//! x86_64: memory map, MP table, CPUID, boot registers and kernel loading.
+//! x86_64: memory map, MP table, CPUID, boot registers, kernel loading and the in-kernel
+//! interrupt controllers.
 
 pub mod boot;
 pub mod cpuid;
@@ -6,3 +7,4 @@ pub mod gdt;
 pub mod layout;
 pub mod mptable;
 pub mod regs;
+pub mod vm;

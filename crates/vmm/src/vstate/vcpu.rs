@@ -4,7 +4,9 @@
 //! to devices), and exits that end the guest are reported to the VMM's event loop through
 //! a channel plus an eventfd. Device work never happens here beyond a register access.
 
-use arch::regs::{self, EntryMode, RegsError};
+use crate::vstate::vm::Vm;
+use arch::boot::KernelEntry;
+use arch::regs::{self, RegsError};
 use devices::Bus;
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -21,6 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 #[derive(Debug, Error)]
 pub enum VcpuError {
     /// KVM refused the CPUID table.
+    #[cfg(target_arch = "x86_64")]
     #[error("vcpu {0}: KVM_SET_CPUID2 failed: {1}")]
     SetCpuid(u8, kvm_ioctls::Error),
     /// Boot registers could not be set.
@@ -317,19 +320,37 @@ impl Vcpu {
         self.first_run = Some(hook);
     }
 
-    /// Sets CPUID, MSRs, registers, FPU and LAPIC for entry at `entry` in `mode`.
+    /// Puts the vCPU in its boot state for `kernel`: on x86_64 CPUID, MSRs, registers, FPU
+    /// and LAPIC; on aarch64 KVM_ARM_VCPU_INIT and the boot registers.
+    #[cfg(target_arch = "x86_64")]
     pub fn configure(
         &self,
-        supported_cpuid: &kvm_bindings::CpuId,
+        vm: &Vm,
         vcpu_count: u8,
-        mode: EntryMode,
-        entry: u64,
+        kernel: &KernelEntry,
+        _mem_size: u64,
     ) -> Result<(), VcpuError> {
-        let cpuid = arch::cpuid::for_vcpu(supported_cpuid, self.index, vcpu_count);
+        let cpuid = arch::cpuid::for_vcpu(vm.supported_cpuid(), self.index, vcpu_count);
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(|e| VcpuError::SetCpuid(self.index, e))?;
-        regs::setup_vcpu(&self.fd, mode, entry).map_err(|e| VcpuError::Regs(self.index, e))
+        regs::setup_vcpu(&self.fd, kernel.mode, kernel.entry)
+            .map_err(|e| VcpuError::Regs(self.index, e))
+    }
+
+    /// Puts the vCPU in its boot state for `kernel`: on x86_64 CPUID, MSRs, registers, FPU
+    /// and LAPIC; on aarch64 KVM_ARM_VCPU_INIT and the boot registers.
+    #[cfg(target_arch = "aarch64")]
+    pub fn configure(
+        &self,
+        vm: &Vm,
+        _vcpu_count: u8,
+        kernel: &KernelEntry,
+        mem_size: u64,
+    ) -> Result<(), VcpuError> {
+        let fdt = arch::boot::boot_data_addr(mem_size);
+        regs::setup_vcpu(vm.fd(), &self.fd, self.index, kernel.entry, fdt)
+            .map_err(|e| VcpuError::Regs(self.index, e))
     }
 
     /// Starts the vCPU's thread.
@@ -447,10 +468,11 @@ impl Vcpu {
     }
 }
 
-#[cfg(test)]
+// The guest code here is x86 machine code.
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
-    use crate::vstate::vm::Vm;
+    use arch::regs::EntryMode;
     use devices::i8042::{I8042, I8042_LEN, I8042_PORT};
     use devices::BusDevice;
     use std::sync::{mpsc, Mutex};
@@ -513,8 +535,13 @@ mod tests {
             mem,
             stop,
         );
-        vcpu.configure(vm.supported_cpuid(), 1, EntryMode::Pvh, entry)
-            .unwrap();
+        let kernel = KernelEntry {
+            mode: EntryMode::Pvh,
+            entry,
+            end: entry,
+            setup_header: None,
+        };
+        vcpu.configure(vm, 1, &kernel, 16 << 20).unwrap();
         Rig { vcpu, ports, reset }
     }
 

@@ -1,10 +1,9 @@
 //! The KVM VM: opening `/dev/kvm`, checking the capabilities we rely on, creating the
 //! in-kernel interrupt controllers and registering guest memory.
 
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::kvm_userspace_memory_region;
+#[cfg(target_arch = "x86_64")]
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use thiserror::Error;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -25,59 +24,65 @@ pub enum VmError {
     /// A KVM ioctl failed.
     #[error("{0} failed: {1}")]
     Ioctl(&'static str, kvm_ioctls::Error),
+    /// The interrupt controller could not be created.
+    #[error("interrupt controller: {0}")]
+    IrqChip(arch::vm::IrqChipError),
 }
 
-const REQUIRED_CAPS: &[Cap] = &[
-    Cap::Irqchip,
-    Cap::Irqfd,
-    Cap::Ioeventfd,
-    Cap::UserMemory,
-    Cap::SetTssAddr,
-    Cap::Pit2,
-    Cap::ExtCpuid,
-];
-
-/// A KVM virtual machine with its in-kernel IOAPIC, PIC and PIT.
+/// A KVM virtual machine and its in-kernel interrupt controller.
 pub struct Vm {
     fd: VmFd,
+    #[cfg(target_arch = "x86_64")]
     supported_cpuid: CpuId,
+    irqchip: Option<arch::vm::IrqChip>,
 }
 
 impl Vm {
-    /// Opens `/dev/kvm` and creates the VM and its interrupt controllers.
+    /// Opens `/dev/kvm`, creates the VM and whatever interrupt controller must exist
+    /// before its vCPUs (see [`Vm::create_irqchip`] for the rest).
     pub fn new() -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let version = kvm.get_api_version();
         if version != kvm_bindings::KVM_API_VERSION as i32 {
             return Err(VmError::ApiVersion(version));
         }
-        for cap in REQUIRED_CAPS {
+        for cap in arch::vm::REQUIRED_CAPS {
             if !kvm.check_extension(*cap) {
                 return Err(VmError::MissingCap(*cap));
             }
         }
+        #[cfg(target_arch = "x86_64")]
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VmError::Ioctl("KVM_GET_SUPPORTED_CPUID", e))?;
         let fd = kvm
             .create_vm()
             .map_err(|e| VmError::Ioctl("KVM_CREATE_VM", e))?;
-        fd.set_tss_address(arch::layout::KVM_TSS_ADDRESS as usize)
-            .map_err(|e| VmError::Ioctl("KVM_SET_TSS_ADDR", e))?;
-        fd.create_irq_chip()
-            .map_err(|e| VmError::Ioctl("KVM_CREATE_IRQCHIP", e))?;
-        // The PIT's speaker port (0x61) is emulated in the kernel so the guest's PIT
-        // calibration does not exit to us.
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        fd.create_pit2(pit)
-            .map_err(|e| VmError::Ioctl("KVM_CREATE_PIT2", e))?;
+        arch::vm::setup_before_vcpus(&fd).map_err(|(what, e)| VmError::Ioctl(what, e))?;
         Ok(Vm {
             fd,
+            #[cfg(target_arch = "x86_64")]
             supported_cpuid,
+            irqchip: None,
         })
+    }
+
+    /// Completes the interrupt controller once every vCPU in `vcpus` exists (aarch64's
+    /// GIC is sized by them); before the first KVM_RUN.
+    pub fn create_irqchip(&mut self, vcpus: &[VcpuFd]) -> Result<(), VmError> {
+        let chip = arch::vm::create_irqchip(&self.fd, vcpus).map_err(VmError::IrqChip)?;
+        self.irqchip = Some(chip);
+        Ok(())
+    }
+
+    /// The interrupt controller, once [`Vm::create_irqchip`] has run.
+    pub fn irqchip(&self) -> Option<&arch::vm::IrqChip> {
+        self.irqchip.as_ref()
+    }
+
+    /// The KVM VM file descriptor (vCPU setup on aarch64 asks it for the CPU target).
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
     }
 
     /// Registers every region of `mem` as a KVM memory slot.
@@ -133,6 +138,7 @@ impl Vm {
     }
 
     /// What KVM can offer the guest in CPUID.
+    #[cfg(target_arch = "x86_64")]
     pub fn supported_cpuid(&self) -> &CpuId {
         &self.supported_cpuid
     }

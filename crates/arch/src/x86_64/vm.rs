@@ -1,0 +1,44 @@
+//! What an x86_64 VM needs from KVM, and its in-kernel interrupt controllers (IOAPIC, PIC
+//! and PIT), which must exist before the first vCPU.
+
+use super::layout::KVM_TSS_ADDRESS;
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, VcpuFd, VmFd};
+
+/// Capabilities the VMM cannot work without.
+pub const REQUIRED_CAPS: &[Cap] = &[
+    Cap::Irqchip,
+    Cap::Irqfd,
+    Cap::Ioeventfd,
+    Cap::UserMemory,
+    Cap::SetTssAddr,
+    Cap::Pit2,
+    Cap::ExtCpuid,
+];
+
+/// The interrupt controllers live in KVM from [`setup_before_vcpus`] on; nothing to hold.
+#[derive(Debug)]
+pub struct IrqChip;
+
+/// Creating [`IrqChip`] cannot fail on x86_64.
+pub type IrqChipError = std::convert::Infallible;
+
+/// Sets the TSS pages and creates the IOAPIC, PIC and PIT.
+pub fn setup_before_vcpus(vm: &VmFd) -> Result<(), (&'static str, kvm_ioctls::Error)> {
+    vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+        .map_err(|e| ("KVM_SET_TSS_ADDR", e))?;
+    vm.create_irq_chip()
+        .map_err(|e| ("KVM_CREATE_IRQCHIP", e))?;
+    // The PIT's speaker port (0x61) is emulated in the kernel so the guest's PIT
+    // calibration does not exit to us.
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(|e| ("KVM_CREATE_PIT2", e))
+}
+
+/// Nothing is left to create once the vCPUs exist.
+pub fn create_irqchip(_vm: &VmFd, _vcpus: &[VcpuFd]) -> Result<IrqChip, IrqChipError> {
+    Ok(IrqChip)
+}
