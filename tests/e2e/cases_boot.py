@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from guest import (READY, expect, parse_ready, run_ember_expecting_error, start_ember,
-                   start_qemu_microvm, vm_config)
+                   start_qemu_microvm, start_qemu_virt, vm_config)
 from harness import ALL_ARCHES, case
 
 
@@ -38,6 +38,21 @@ def _(ctx):
     info, _ = boot_to_marker(ctx, kernel="Image")
     expect(info["cpus"] == 1, f"guest reports {info['cpus']} CPUs, expected 1")
     expect_memory(info, 128)
+
+
+@case("gic_is_the_one_the_host_offers", arches=("aarch64",))
+def _(ctx):
+    # GICv3 where KVM can emulate one, else GICv2 (EMBER_EMUHOST_GIC=2 gives the emulated
+    # host a GICv2, so KVM there has no GICv3 to offer); either way the guest boots on it.
+    vm = start_ember(ctx, vm_config(ctx, vcpus=2), extra_flags=["--level", "Info"])
+    m = vm.wait_for(READY + r".*", timeout=150)
+    expect(parse_ready(m.group(0))["cpus"] == 2, f"guest did not bring up 2 CPUs: {m.group(0)}")
+    rc = vm.wait_exit(timeout=60)
+    expect(rc == 0, f"ember exited with {rc}\n{vm.tail()}")
+    want = os.environ.get("EMBER_EMUHOST_GIC")
+    expected = f"GICv{want} (" if want else "GIC"
+    expect(f"interrupt controller: {expected}" in vm.stderr(),
+           f"expected ember to log {expected!r} as its interrupt controller: {vm.stderr()!r}")
 
 
 @case("poweroff_by_psci_exits_zero", arches=("aarch64",))
@@ -148,6 +163,16 @@ def _(ctx):
 def _(ctx):
     # The harness proves itself: a reference VMM boots the same kernel and initramfs here.
     vm = start_qemu_microvm(ctx)
+    vm.wait_for(READY, timeout=150)
+    rc = vm.wait_exit(timeout=60)
+    expect(rc == 0, f"qemu exited with {rc}\n{vm.tail()}")
+
+
+@case("qemu_virt_boots_our_guest", arches=("aarch64",))
+def _(ctx):
+    # The harness proves itself on aarch64: QEMU's virt machine on KVM boots the same
+    # Image and initramfs in the same emulated host.
+    vm = start_qemu_virt(ctx)
     vm.wait_for(READY, timeout=150)
     rc = vm.wait_exit(timeout=60)
     expect(rc == 0, f"qemu exited with {rc}\n{vm.tail()}")

@@ -19,7 +19,7 @@ if [ -z "$pkg" ]; then
 fi
 [ -n "$pkg" ] || { echo "emuhost: cannot find Debian's linux-image-amd64 kernel package" >&2; exit 1; }
 ver=$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
-key=$( { echo "$pkg $ver"; cat "$0" "$here/init-x86_64"; } | sha256sum | cut -c1-16)
+key=$( { echo "$pkg $ver"; cat "$0" "$here/init-x86_64" "$here/stage-modules.sh"; } | sha256sum | cut -c1-16)
 out="$cache/emuhost-x86_64-$key"
 if [ -f "$out/.done" ]; then echo "$out"; exit 0; fi
 
@@ -27,21 +27,9 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 (cd "$tmp" && apt-get download "$pkg" >&2 2>/dev/null || apt-get download "$pkg" >&2)
 dpkg-deb -x "$tmp"/*.deb "$tmp/x"
 kver=$(ls "$tmp/x/lib/modules")
-depmod -b "$tmp/x" "$kver"
-modules="kvm-amd 9p 9pnet_virtio virtio_pci tun bridge veth virtio_net virtio_blk"
-stage="$tmp/stage"; mkdir -p "$stage/modules"
-: > "$stage/modules/order"
-for m in $modules; do
-  modprobe -d "$tmp/x" -S "$kver" --show-depends "$m" | awk '$1 == "insmod" {print $2}'
-done | awk '!seen[$0]++' | while read -r ko; do
-  name=$(basename "$ko")
-  case "$ko" in
-    *.ko.xz) xz -dc "$ko" > "$stage/modules/${name%.xz}"; name=${name%.xz} ;;
-    *.ko.zst) zstd -dc "$ko" > "$stage/modules/${name%.zst}"; name=${name%.zst} ;;
-    *) cp "$ko" "$stage/modules/$name" ;;
-  esac
-  echo "$name" >> "$stage/modules/order"
-done
+stage="$tmp/stage"
+"$here/stage-modules.sh" "$tmp/x" "$stage/modules" \
+  kvm-amd 9p 9pnet_virtio virtio_pci tun bridge veth virtio_net virtio_blk
 
 list="$tmp/list"
 {

@@ -25,7 +25,7 @@ pub enum BootError {
     /// Reading the kernel file failed.
     #[error("cannot read the kernel image: {0}")]
     Io(std::io::Error),
-    /// The kernel does not fit in guest memory.
+    /// The kernel (with the device tree above it) does not fit in guest memory.
     #[error("the kernel does not fit in {0} MiB of guest memory")]
     KernelTooBig(u64),
     /// The initrd cannot be placed or read.
@@ -118,6 +118,10 @@ pub struct BootSetup<'a> {
 
 /// Writes the device tree at the top of RAM.
 pub fn configure_system<M: GuestMemoryBackend>(mem: &M, s: &BootSetup) -> Result<(), BootError> {
+    // In a small RAM the device tree's area would overlap the kernel.
+    if fdt_addr(s.mem_size) < s.kernel.end {
+        return Err(BootError::KernelTooBig(s.mem_size >> 20));
+    }
     let cmdline = s.cmdline.as_cstring().map_err(BootError::Cmdline)?;
     let blob = fdt::build(&FdtSetup {
         cmdline: &cmdline.to_string_lossy(),

@@ -128,6 +128,19 @@ impl Gic {
     pub fn layout(&self) -> GicLayout {
         self.layout
     }
+
+    /// One line for the log: the version and where it is.
+    pub fn describe(&self) -> String {
+        let [(a, a_len), (b, b_len)] = self.layout.regions;
+        match self.layout.version {
+            GicVersion::V3 => {
+                format!("GICv3 (distributor {a:#x}+{a_len:#x}, redistributors {b:#x}+{b_len:#x})")
+            }
+            GicVersion::V2 => {
+                format!("GICv2 (distributor {a:#x}+{a_len:#x}, CPU interface {b:#x}+{b_len:#x})")
+            }
+        }
+    }
 }
 
 fn new_device(vm: &VmFd, kind: u32) -> Result<DeviceFd, kvm_ioctls::Error> {

@@ -20,6 +20,13 @@ pub const REQUIRED_CAPS: &[Cap] = &[
 #[derive(Debug)]
 pub struct IrqChip;
 
+impl IrqChip {
+    /// One line for the log.
+    pub fn describe(&self) -> String {
+        "IOAPIC, PIC and PIT in KVM".to_string()
+    }
+}
+
 /// Creating [`IrqChip`] cannot fail on x86_64.
 pub type IrqChipError = std::convert::Infallible;
 

@@ -71,6 +71,7 @@ impl Vm {
     /// GIC is sized by them); before the first KVM_RUN.
     pub fn create_irqchip(&mut self, vcpus: &[VcpuFd]) -> Result<(), VmError> {
         let chip = arch::vm::create_irqchip(&self.fd, vcpus).map_err(VmError::IrqChip)?;
+        log::info!("interrupt controller: {}", chip.describe());
         self.irqchip = Some(chip);
         Ok(())
     }
