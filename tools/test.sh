@@ -10,17 +10,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/guest/install-deps.sh all
 tools/ci/ensure-rust.sh
-arm=aarch64-unknown-linux-gnu
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (-D warnings)"
 cargo clippy --workspace --all-targets -q -- -D warnings
-echo "== cargo clippy --target $arm (-D warnings)"
-cargo clippy --workspace --all-targets --target "$arm" -q -- -D warnings
+echo "== cargo clippy --target aarch64-unknown-linux-gnu (-D warnings)"
+tools/ci/cargo-aarch64 clippy --workspace --all-targets -q -- -D warnings
 echo "== unit tests"
 cargo test --workspace -q 2>&1 | grep -v '^$'
-echo "== unit tests ($arm, under qemu-aarch64-static)"
-cargo test --workspace --target "$arm" -q 2>&1 | grep -v '^$'
+echo "== unit tests (aarch64-unknown-linux-gnu, under qemu-aarch64-static)"
+tools/ci/cargo-aarch64 test --workspace -q 2>&1 | grep -v '^$'
 echo "== fuzzing (bounded)"
 tools/ci/fuzz.sh 60
 # Each run: guest architecture, then extra arguments. On x86_64 the aarch64 guests also get

@@ -139,8 +139,10 @@ def sh(cmd: list[str], **kw) -> str:
     return res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
 
 
-# Rust's name for each guest architecture's target, when it is not the host's.
-RUST_TARGETS = {"aarch64": "aarch64-unknown-linux-gnu"}
+# How to cross-build for each guest architecture that is not the host's, and where the
+# build lands (tools/ci/cargo-aarch64 picks rustup's or Debian's toolchain).
+CROSS_CARGO = {"aarch64": (ROOT / "tools/ci/cargo-aarch64",
+                           ROOT / "target/cross/aarch64-unknown-linux-gnu/release")}
 
 
 def build_all(arch: str = ARCH) -> dict[str, Path]:
@@ -153,10 +155,10 @@ def build_all(arch: str = ARCH) -> dict[str, Path]:
                         "-p", "cli"], check=True, cwd=ROOT)
         ember = ROOT / "target/release/ember"
     else:
-        target = RUST_TARGETS[arch]
-        subprocess.run(["cargo", "build", "--release", "-q", "--target", target, "-p", "ember"],
-                       check=True, cwd=ROOT)
-        ember = ROOT / "target" / target / "release/ember"
+        cargo, out = CROSS_CARGO[arch]
+        subprocess.run([str(cargo), "build", "--release", "-q", "-p", "ember"], check=True,
+                       cwd=ROOT)
+        ember = out / "ember"
     kernel_dir = Path(sh([str(ROOT / "tools/guest/build-kernel.sh"), arch]))
     rootfs_dir = Path(sh([str(ROOT / "tools/guest/build-rootfs.sh"), arch]))
     log(f"built ember and guest images ({arch}) in {time.monotonic() - t0:.1f}s")

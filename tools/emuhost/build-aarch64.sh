@@ -19,11 +19,7 @@ cache=${EMBER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ember}
 "$root/tools/guest/install-deps.sh" harness >&2
 sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
 
-if ! dpkg --print-foreign-architectures | grep -qx arm64; then
-  echo "emuhost: adding arm64 as a foreign dpkg architecture (for apt-get download only)" >&2
-  $sudo dpkg --add-architecture arm64
-  $sudo apt-get update -q >&2
-fi
+"$root/tools/guest/ensure-arm64-apt.sh"
 pkg=$(apt-cache depends linux-image-arm64:arm64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 if [ -z "$pkg" ]; then
   $sudo apt-get update -q >&2

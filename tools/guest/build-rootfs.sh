@@ -17,6 +17,7 @@ case "$arch" in
   aarch64)
     busybox="$cache/busybox-arm64/bin/busybox"
     if [ ! -x "$busybox" ]; then
+      "$here/ensure-arm64-apt.sh"
       d=$(mktemp -d); (cd "$d" && apt-get download busybox-static:arm64 >&2)
       rm -rf "$cache/busybox-arm64"; dpkg-deb -x "$d"/busybox-static_*.deb "$cache/busybox-arm64"; rm -rf "$d"
     fi ;;
