@@ -53,6 +53,11 @@ def _(ctx):
     expected = f"GICv{want} (" if want else "GIC"
     expect(f"interrupt controller: {expected}" in vm.stderr(),
            f"expected ember to log {expected!r} as its interrupt controller: {vm.stderr()!r}")
+    if want == "2":
+        # KVM runs at most 8 vCPUs with a GICv2: refused up front, with the reason.
+        line = run_ember_expecting_error(ctx, vm_config(ctx, vcpus=9))
+        for w in ("vcpu_count 9", "(8;", "GICv2"):
+            expect(w in line, f"error line does not mention {w!r}: {line!r}")
 
 
 @case("poweroff_by_psci_exits_zero", arches=("aarch64",))

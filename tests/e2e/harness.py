@@ -148,7 +148,7 @@ CROSS_CARGO = {"aarch64": (ROOT / "tools/ci/cargo-aarch64",
 def build_all(arch: str = ARCH) -> dict[str, Path]:
     """Builds ember, emberd and emberctl (release) and the guest images for `arch`; returns
     their locations (emberd and emberctl are beside ember). For another architecture than
-    the host's, ember is cross-built (statically linked: see .cargo/config.toml)."""
+    the host's, ember is cross-built (statically linked: see tools/ci/cargo-aarch64)."""
     t0 = time.monotonic()
     if arch == ARCH:
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "ember", "-p", "agent",

@@ -2,7 +2,8 @@
 # Builds the guest kernel (vmlinux with the PVH note, and bzImage) from Debian's
 # linux-source-6.1 and a config fragment in resources/guest_configs/.
 #
-# Usage: tools/guest/build-kernel.sh [ARCH]   (ARCH: x86_64, default; aarch64 later)
+# Usage: tools/guest/build-kernel.sh [ARCH]   (ARCH: x86_64, default, or aarch64; the other
+# architecture than the machine's is cross-built with Debian's gcc-<arch>-linux-gnu)
 # Prints the directory holding the artefacts. Cached by the hash of the fragment, this
 # script and the linux-source package version, so a second run returns at once.
 set -euo pipefail
@@ -32,10 +33,14 @@ if [ ! -f "$work/.unpacked-$src_ver" ]; then
 fi
 
 case "$arch" in
-  x86_64) karch=x86_64; cross=""; targets="vmlinux bzImage" ;;
+  x86_64) karch=x86_64; cross=x86_64-linux-gnu-; targets="vmlinux bzImage" ;;
   aarch64) karch=arm64; cross=aarch64-linux-gnu-; targets="Image" ;;
   *) echo "build-kernel: unknown arch $arch" >&2; exit 1 ;;
 esac
+[ "$arch" = "$(uname -m)" ] && cross=""
+if [ -n "$cross" ] && ! command -v "${cross}gcc" >/dev/null 2>&1; then
+  "$here/install-deps.sh" kernel >&2
+fi
 mk() { make -C "$work" ARCH="$karch" CROSS_COMPILE="$cross" -j"$(nproc)" "$@"; }
 
 echo "build-kernel: configuring ($arch, fragment $fragment)" >&2

@@ -23,7 +23,7 @@ case "$arch" in
     fi ;;
   *) echo "build-rootfs: unknown arch $arch" >&2; exit 1 ;;
 esac
-kernel_dir=$("$here/build-kernel.sh" x86_64)   # for gen_init_cpio (a host tool)
+kernel_dir=$("$here/build-kernel.sh" "$(uname -m)")   # for gen_init_cpio (a host tool)
 gen_init_cpio="$kernel_dir/gen_init_cpio"
 
 key=$( { sha256sum "$busybox" "$init" "$0" | cut -d' ' -f1; echo "$arch"; } | sha256sum | cut -c1-16)

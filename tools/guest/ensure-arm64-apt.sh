@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Makes arm64 packages fetchable with `apt-get download` (aarch64 guest and emulated-host
 # images are made from them): adds arm64 as a foreign dpkg architecture if it is not one,
-# and refreshes the package lists. Nothing arm64 is installed by this or by its callers.
+# and refreshes the package lists. Guest and emulated-host images only download and unpack
+# arm64 packages, never install them (installing busybox-static:arm64 would remove the
+# host's busybox); only tools/ci/ensure-rust.sh's fallback installs arm64 libraries
+# (libstd-rust-web-dev:arm64 and its libc6:arm64), which live beside the host's.
 set -euo pipefail
 [ "$(dpkg --print-architecture)" = arm64 ] && exit 0
 dpkg --print-foreign-architectures | grep -qx arm64 && exit 0

@@ -19,6 +19,14 @@ pub mod x86_64;
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::*;
 
+/// A KVM call made while creating the VM's interrupt controllers failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmSetupError {
+    /// The ioctl named failed.
+    #[error("{0} failed: {1}")]
+    Ioctl(&'static str, kvm_ioctls::Error),
+}
+
 /// A virtio-mmio device as the guest must be told about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VirtioDeviceInfo {

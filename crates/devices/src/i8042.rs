@@ -9,12 +9,8 @@ use crate::bus::BusDevice;
 use std::collections::VecDeque;
 use vmm_sys_util::eventfd::EventFd;
 
-/// I/O port base of the controller (data port 0x60, command/status port 0x64).
-pub const I8042_PORT: u64 = 0x60;
-/// Length of the controller's port window.
-pub const I8042_LEN: u64 = 5;
-/// The keyboard's interrupt line.
-pub const KBD_IRQ: u32 = 1;
+// Offsets in the controller's window (its place is arch's: data port 0x60, command and
+// status port 0x64 on x86_64).
 const DATA_OFFSET: u64 = 0;
 const COMMAND_OFFSET: u64 = 4;
 

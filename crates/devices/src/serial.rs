@@ -14,13 +14,6 @@ use vmm_sys_util::eventfd::EventFd;
 /// Number of the UART's byte-wide registers.
 const UART_REGS: u64 = 8;
 
-/// COM1's I/O port base.
-pub const COM1_PORT: u64 = 0x3f8;
-/// COM1's register window length.
-pub const COM1_LEN: u64 = 8;
-/// COM1's ISA interrupt line.
-pub const COM1_IRQ: u32 = 4;
-
 /// An interrupt line backed by an eventfd.
 pub struct EventFdTrigger(EventFd);
 

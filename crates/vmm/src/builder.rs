@@ -95,6 +95,14 @@ pub enum BuildError {
     /// The guest could not be run.
     #[error("{0}")]
     GuestFailed(String),
+    /// KVM on this host runs fewer vCPUs per VM than configured.
+    #[error("vcpu_count {asked} is more than KVM on this host runs in one VM ({max}; an aarch64 host with a GICv2 runs at most 8)")]
+    TooManyVcpus {
+        /// vCPUs configured.
+        asked: u8,
+        /// KVM's limit.
+        max: u32,
+    },
     /// The VM has no interrupt controller to describe to the guest.
     #[error("the VM's interrupt controller was not created")]
     NoIrqChip,
@@ -263,6 +271,15 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
     vm.register_memory(&guest_mem)?;
     log::debug!("guest memory mapped and registered");
     let mem_size = res.mem_size_mib << 20;
+    if let Some(max) = vm
+        .max_vcpus()
+        .filter(|max| u32::from(res.vcpu_count) > *max)
+    {
+        return Err(BuildError::TooManyVcpus {
+            asked: res.vcpu_count,
+            max,
+        });
+    }
     // Every vCPU exists before the interrupt controller is completed (aarch64's GIC is
     // sized by them) and before any device interrupt is wired to it.
     let vcpu_fds = (0..res.vcpu_count)

@@ -24,6 +24,9 @@ pub enum GicError {
         /// Why GICv2 failed.
         v2: kvm_ioctls::Error,
     },
+    /// More vCPUs than a GIC is laid out for.
+    #[error("{0} vCPUs: more than the GIC is laid out for")]
+    TooManyVcpus(usize),
     /// KVM refused one of the GIC's settings.
     #[error("GIC setup ({0}) failed: {1}")]
     Attr(&'static str, kvm_ioctls::Error),

@@ -2,6 +2,7 @@
 //! vCPU exists).
 
 use super::gic::{Gic, GicError};
+use crate::VmSetupError;
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
 
 /// Capabilities the VMM cannot work without.
@@ -21,11 +22,12 @@ pub type IrqChip = Gic;
 pub type IrqChipError = GicError;
 
 /// Nothing to do before the vCPUs on aarch64: the GIC is created after them.
-pub fn setup_before_vcpus(_vm: &VmFd) -> Result<(), (&'static str, kvm_ioctls::Error)> {
+pub fn setup_before_vcpus(_vm: &VmFd) -> Result<(), VmSetupError> {
     Ok(())
 }
 
 /// Creates the GIC once all `vcpus` exist.
 pub fn create_irqchip(vm: &VmFd, vcpus: &[VcpuFd]) -> Result<IrqChip, IrqChipError> {
-    Gic::create(vm, vcpus.len() as u8)
+    let count = u8::try_from(vcpus.len()).map_err(|_| GicError::TooManyVcpus(vcpus.len()))?;
+    Gic::create(vm, count)
 }

@@ -2,6 +2,7 @@
 //! and PIT), which must exist before the first vCPU.
 
 use super::layout::KVM_TSS_ADDRESS;
+use crate::VmSetupError;
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
 
@@ -31,18 +32,19 @@ impl IrqChip {
 pub type IrqChipError = std::convert::Infallible;
 
 /// Sets the TSS pages and creates the IOAPIC, PIC and PIT.
-pub fn setup_before_vcpus(vm: &VmFd) -> Result<(), (&'static str, kvm_ioctls::Error)> {
+pub fn setup_before_vcpus(vm: &VmFd) -> Result<(), VmSetupError> {
     vm.set_tss_address(KVM_TSS_ADDRESS as usize)
-        .map_err(|e| ("KVM_SET_TSS_ADDR", e))?;
+        .map_err(|e| VmSetupError::Ioctl("KVM_SET_TSS_ADDR", e))?;
     vm.create_irq_chip()
-        .map_err(|e| ("KVM_CREATE_IRQCHIP", e))?;
+        .map_err(|e| VmSetupError::Ioctl("KVM_CREATE_IRQCHIP", e))?;
     // The PIT's speaker port (0x61) is emulated in the kernel so the guest's PIT
     // calibration does not exit to us.
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
-    vm.create_pit2(pit).map_err(|e| ("KVM_CREATE_PIT2", e))
+    vm.create_pit2(pit)
+        .map_err(|e| VmSetupError::Ioctl("KVM_CREATE_PIT2", e))
 }
 
 /// Nothing is left to create once the vCPUs exist.

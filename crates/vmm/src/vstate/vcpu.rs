@@ -473,12 +473,16 @@ impl Vcpu {
 mod tests {
     use super::*;
     use arch::regs::EntryMode;
-    use devices::i8042::{I8042, I8042_LEN, I8042_PORT};
+    use devices::i8042::I8042;
     use devices::BusDevice;
     use std::sync::{mpsc, Mutex};
     use vm_memory::{Bytes, GuestAddress};
 
     const CODE_AT: u64 = 0x10_0000;
+    const I8042_AT: arch::DevicePlace = match arch::layout::I8042 {
+        Some(at) => at,
+        None => panic!("x86_64 has an i8042"),
+    };
 
     /// KVM, or `None` (the test is skipped, and says so) where /dev/kvm is missing or
     /// unusable, such as under qemu-user.
@@ -521,8 +525,8 @@ mod tests {
         pio.insert(ports.clone(), 0x3f8, 8).unwrap();
         pio.insert(
             Arc::new(Mutex::new(I8042::new(reset.try_clone().unwrap()))),
-            I8042_PORT,
-            I8042_LEN,
+            I8042_AT.base,
+            I8042_AT.len,
         )
         .unwrap();
         let (tx, _rx) = mpsc::channel();

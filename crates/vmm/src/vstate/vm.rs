@@ -24,6 +24,9 @@ pub enum VmError {
     /// A KVM ioctl failed.
     #[error("{0} failed: {1}")]
     Ioctl(&'static str, kvm_ioctls::Error),
+    /// The interrupt controllers KVM creates before the vCPUs could not be created.
+    #[error(transparent)]
+    Setup(#[from] arch::VmSetupError),
     /// The interrupt controller could not be created.
     #[error("interrupt controller: {0}")]
     IrqChip(arch::vm::IrqChipError),
@@ -58,7 +61,7 @@ impl Vm {
         let fd = kvm
             .create_vm()
             .map_err(|e| VmError::Ioctl("KVM_CREATE_VM", e))?;
-        arch::vm::setup_before_vcpus(&fd).map_err(|(what, e)| VmError::Ioctl(what, e))?;
+        arch::vm::setup_before_vcpus(&fd)?;
         Ok(Vm {
             fd,
             #[cfg(target_arch = "x86_64")]
@@ -74,6 +77,14 @@ impl Vm {
         log::info!("interrupt controller: {}", chip.describe());
         self.irqchip = Some(chip);
         Ok(())
+    }
+
+    /// How many vCPUs KVM lets this VM have (on aarch64 hosts whose GIC is a GICv2: 8),
+    /// or `None` if KVM does not say.
+    pub fn max_vcpus(&self) -> Option<u32> {
+        u32::try_from(self.fd.check_extension_int(Cap::MaxVcpus))
+            .ok()
+            .filter(|n| *n > 0)
     }
 
     /// The interrupt controller, once [`Vm::create_irqchip`] has run.
