@@ -19,6 +19,26 @@ pub mod x86_64;
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::*;
 
+/// Everything the kernel reads at entry besides the kernel itself, for
+/// `boot::configure_system` (the same on every architecture; each uses what it needs).
+pub struct BootSetup<'a> {
+    /// The loaded kernel.
+    pub kernel: &'a boot::KernelEntry,
+    /// The command line.
+    pub cmdline: &'a linux_loader::cmdline::Cmdline,
+    /// The loaded initrd, if any.
+    pub initrd: Option<initrd::InitrdPlacement>,
+    /// Guest RAM in bytes.
+    pub mem_size: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// The virtio-mmio devices (x86_64: already on the command line, see
+    /// `boot::announce_virtio_device`; aarch64: described in the device tree).
+    pub virtio: &'a [VirtioDeviceInfo],
+    /// The interrupt controller (x86_64: nothing beyond the MP table describes it).
+    pub irqchip: &'a vm::IrqChip,
+}
+
 /// A KVM call made while creating the VM's interrupt controllers failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VmSetupError {

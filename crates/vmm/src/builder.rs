@@ -10,8 +10,9 @@ use crate::memory::{self, MemoryError};
 use crate::metrics::{CountingWriter, Sources};
 use crate::vstate::vcpu::{FirstRunHook, StopNotifier, Vcpu, VcpuControl, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
-use arch::boot::{self, BootError, BootSetup};
+use arch::boot::{self, BootError};
 use arch::layout::CMDLINE_MAX_SIZE;
+use arch::BootSetup;
 use arch::{DeviceBus, DevicePlace};
 use devices::i8042::I8042;
 use devices::rtc::RtcDevice;
@@ -103,9 +104,6 @@ pub enum BuildError {
         /// KVM's limit.
         max: u32,
     },
-    /// The VM has no interrupt controller to describe to the guest.
-    #[error("the VM's interrupt controller was not created")]
-    NoIrqChip,
 }
 
 /// Options that are about this process rather than the guest.
@@ -192,6 +190,8 @@ pub struct Vmm {
     // Held for the guest's whole life: closing the VM fd would tear down its irqfds and
     // ioeventfds, silencing every device interrupt while the vCPUs still run.
     _vm: Vm,
+    // The interrupt controller's handle (aarch64: the GIC's device fd), kept with the VM.
+    _irqchip: arch::vm::IrqChip,
     em: event_loop::Loop,
     watcher: Arc<Mutex<ExitWatcher>>,
     serial: Arc<Mutex<SerialDevice>>,
@@ -265,7 +265,7 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
     }
     let serial_out = serial_output(res)?;
 
-    let mut vm = Vm::new()?;
+    let vm = Vm::new()?;
     log::debug!("KVM VM created");
     let guest_mem = Arc::new(memory::create_guest_memory(res.mem_size_mib)?);
     vm.register_memory(&guest_mem)?;
@@ -285,7 +285,7 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
     let vcpu_fds = (0..res.vcpu_count)
         .map(|index| vm.create_vcpu(index))
         .collect::<Result<Vec<_>, _>>()?;
-    vm.create_irqchip(&vcpu_fds)?;
+    let irqchip = vm.create_irqchip(&vcpu_fds)?;
 
     let kernel_entry = boot::load_kernel(guest_mem.as_ref(), &mut kernel, mem_size)
         .map_err(|e| BuildError::Kernel(res.kernel_path.clone(), e))?;
@@ -322,7 +322,6 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
         sources.net.push((spec.id.clone(), net.counters()));
         device_manager.attach(&vm, &guest_mem, &mut mmio, &mut cmdline, Box::new(net))?;
     }
-    let irqchip = vm.irqchip().ok_or(BuildError::NoIrqChip)?;
     boot::configure_system(
         guest_mem.as_ref(),
         &BootSetup {
@@ -332,7 +331,7 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
             mem_size,
             vcpus: res.vcpu_count,
             virtio: device_manager.devices(),
-            irqchip,
+            irqchip: &irqchip,
         },
     )?;
 
@@ -419,6 +418,7 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
     }
     Ok(Vmm {
         _vm: vm,
+        _irqchip: irqchip,
         em,
         watcher,
         serial,

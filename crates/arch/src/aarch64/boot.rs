@@ -5,7 +5,7 @@ use super::fdt::{self, FdtError, FdtSetup};
 use super::layout::*;
 use crate::file_map::GuestFileReader;
 use crate::initrd::{self, InitrdError, InitrdPlacement};
-use crate::VirtioDeviceInfo;
+use crate::{BootSetup, VirtioDeviceInfo};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::{self as loader, pe, KernelLoader, PE};
 use std::fs::File;
@@ -98,24 +98,6 @@ pub fn load_initrd<M: GuestMemoryBackend>(
     Ok(initrd::load(mem, initrd, kernel_end, fdt_addr(mem_size))?)
 }
 
-/// Everything the kernel reads at entry, besides the kernel itself.
-pub struct BootSetup<'a> {
-    /// The loaded kernel.
-    pub kernel: &'a KernelEntry,
-    /// The command line.
-    pub cmdline: &'a Cmdline,
-    /// The loaded initrd, if any.
-    pub initrd: Option<InitrdPlacement>,
-    /// Guest RAM in bytes.
-    pub mem_size: u64,
-    /// Number of vCPUs.
-    pub vcpus: u8,
-    /// The virtio-mmio devices.
-    pub virtio: &'a [VirtioDeviceInfo],
-    /// The interrupt controller.
-    pub irqchip: &'a super::vm::IrqChip,
-}
-
 /// Writes the device tree at the top of RAM.
 pub fn configure_system<M: GuestMemoryBackend>(mem: &M, s: &BootSetup) -> Result<(), BootError> {
     // In a small RAM the device tree's area would overlap the kernel.
@@ -142,11 +124,6 @@ pub fn announce_virtio_device(
     _device: &VirtioDeviceInfo,
 ) -> Result<(), linux_loader::cmdline::Error> {
     Ok(())
-}
-
-/// The address the boot vCPU finds the device tree at (X0).
-pub fn boot_data_addr(mem_size: u64) -> u64 {
-    fdt_addr(mem_size)
 }
 
 #[cfg(test)]

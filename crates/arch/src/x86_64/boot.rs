@@ -6,7 +6,7 @@ use super::mptable::{self, MpTableError};
 use super::regs::{self, EntryMode, RegsError};
 use crate::file_map::GuestFileReader;
 use crate::initrd::{self, InitrdError, InitrdPlacement};
-use crate::VirtioDeviceInfo;
+use crate::{BootSetup, VirtioDeviceInfo};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::bzimage::{self, BzImage};
@@ -161,25 +161,6 @@ const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT: u32 = 0x0100_0000;
-
-/// Everything the kernel reads at entry, besides the kernel itself.
-pub struct BootSetup<'a> {
-    /// The loaded kernel.
-    pub kernel: &'a KernelEntry,
-    /// The command line.
-    pub cmdline: &'a Cmdline,
-    /// The loaded initrd, if any.
-    pub initrd: Option<InitrdPlacement>,
-    /// Guest RAM in bytes.
-    pub mem_size: u64,
-    /// Number of vCPUs.
-    pub vcpus: u8,
-    /// The virtio-mmio devices (already on the command line, see
-    /// [`announce_virtio_device`]).
-    pub virtio: &'a [VirtioDeviceInfo],
-    /// The interrupt controller (in KVM; nothing to describe beyond the MP table).
-    pub irqchip: &'a super::vm::IrqChip,
-}
 
 /// Tells the guest about a virtio-mmio device: on x86_64 through the command line
 /// (`virtio_mmio.device=<size>@<addr>:<irq>`), which the kernel parses at boot.

@@ -348,7 +348,7 @@ impl Vcpu {
         kernel: &KernelEntry,
         mem_size: u64,
     ) -> Result<(), VcpuError> {
-        let fdt = arch::boot::boot_data_addr(mem_size);
+        let fdt = arch::layout::fdt_addr(mem_size);
         regs::setup_vcpu(vm.fd(), &self.fd, self.index, kernel.entry, fdt)
             .map_err(|e| VcpuError::Regs(self.index, e))
     }

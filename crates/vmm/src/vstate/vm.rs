@@ -37,7 +37,6 @@ pub struct Vm {
     fd: VmFd,
     #[cfg(target_arch = "x86_64")]
     supported_cpuid: CpuId,
-    irqchip: Option<arch::vm::IrqChip>,
 }
 
 impl Vm {
@@ -66,17 +65,16 @@ impl Vm {
             fd,
             #[cfg(target_arch = "x86_64")]
             supported_cpuid,
-            irqchip: None,
         })
     }
 
     /// Completes the interrupt controller once every vCPU in `vcpus` exists (aarch64's
-    /// GIC is sized by them); before the first KVM_RUN.
-    pub fn create_irqchip(&mut self, vcpus: &[VcpuFd]) -> Result<(), VmError> {
+    /// GIC is sized by them); before the first KVM_RUN. The caller keeps it for the VM's
+    /// life.
+    pub fn create_irqchip(&self, vcpus: &[VcpuFd]) -> Result<arch::vm::IrqChip, VmError> {
         let chip = arch::vm::create_irqchip(&self.fd, vcpus).map_err(VmError::IrqChip)?;
         log::info!("interrupt controller: {}", chip.describe());
-        self.irqchip = Some(chip);
-        Ok(())
+        Ok(chip)
     }
 
     /// How many vCPUs KVM lets this VM have (on aarch64 hosts whose GIC is a GICv2: 8),
@@ -85,11 +83,6 @@ impl Vm {
         u32::try_from(self.fd.check_extension_int(Cap::MaxVcpus))
             .ok()
             .filter(|n| *n > 0)
-    }
-
-    /// The interrupt controller, once [`Vm::create_irqchip`] has run.
-    pub fn irqchip(&self) -> Option<&arch::vm::IrqChip> {
-        self.irqchip.as_ref()
     }
 
     /// The KVM VM file descriptor (vCPU setup on aarch64 asks it for the CPU target).
