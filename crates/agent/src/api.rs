@@ -1,23 +1,25 @@
 //! emberd's REST API (JSON over its Unix socket). Bodies are parsed strictly (unknown
 //! fields are errors) and every error is `{"code", "message"}` with its 4xx.
 
-use crate::agent::{Agent, RunRequest};
 use crate::db::{self, Instance};
 use crate::error::ApiError;
+use crate::instances::Agent;
 use crate::meter::{self, InstanceUsage};
 use crate::types;
+use agent_types::{
+    ConsoleOutput, Image, ImageList, InstanceList, InstanceState, InstanceView, RegisterImage,
+    RunRequest, StopRequest, TypeList, UsageReport, UsageView,
+};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 type AgentRef = State<Arc<Agent>>;
-type Answer = Result<Json<Value>, ApiError>;
+type Answer<T> = Result<Json<T>, ApiError>;
 
 /// Largest request body.
 const MAX_BODY: usize = 64 * 1024;
@@ -74,26 +76,16 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .with_state(agent)
 }
 
-async fn list_types() -> Json<Value> {
-    Json(json!({"instance_types": types::CATALOGUE}))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegisterImage {
-    name: String,
-    kernel: String,
-    #[serde(default)]
-    initrd: Option<String>,
-    rootfs: String,
-    #[serde(default)]
-    boot_args: Option<String>,
+async fn list_types() -> Json<TypeList> {
+    Json(TypeList {
+        instance_types: types::CATALOGUE.to_vec(),
+    })
 }
 
 async fn register_image(
     State(a): AgentRef,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Image>), ApiError> {
     let r: RegisterImage = parse(&body)?;
     let agent = a.clone();
     let image = tokio::task::spawn_blocking(move || {
@@ -107,18 +99,17 @@ async fn register_image(
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok((StatusCode::CREATED, Json(json!(image))))
+    Ok((StatusCode::CREATED, Json(image)))
 }
 
-async fn list_images(State(a): AgentRef) -> Answer {
-    Ok(Json(json!({"images": a.db(db::images)?})))
+async fn list_images(State(a): AgentRef) -> Answer<ImageList> {
+    Ok(Json(ImageList {
+        images: a.db(db::images)?,
+    }))
 }
 
-async fn describe_image(State(a): AgentRef, Path(id): Path<String>) -> Answer {
-    let img = a
-        .db(|c| db::image(c, &id))?
-        .ok_or_else(|| ApiError::not_found("InvalidImageID.NotFound", format!("no image {id}")))?;
-    Ok(Json(json!(img)))
+async fn describe_image(State(a): AgentRef, Path(id): Path<String>) -> Answer<Image> {
+    Ok(Json(a.image(&id)?))
 }
 
 async fn deregister_image(
@@ -129,36 +120,40 @@ async fn deregister_image(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn run_instances(State(a): AgentRef, body: Bytes) -> Answer {
+/// A run answers with the records, `pending` (not the described view: its shape is
+/// kept as it always was).
+async fn run_instances(State(a): AgentRef, body: Bytes) -> Answer<InstanceList<Instance>> {
     let r: RunRequest = parse(&body)?;
     let made = a.run(r).await?;
-    Ok(Json(json!({"instances": made})))
+    Ok(Json(InstanceList { instances: made }))
 }
 
-fn view(i: &Instance, a: &Agent) -> Value {
-    let mut v = json!(i);
-    if let Some(t) = types::find(&i.instance_type) {
-        v["vcpus"] = json!(t.vcpus);
-        v["memory_mib"] = json!(t.memory_mib);
+fn view(instance: Instance, a: &Agent) -> InstanceView {
+    let t = types::find(&instance.instance_type);
+    InstanceView {
+        vcpus: t.as_ref().map(|t| t.vcpus),
+        memory_mib: t.as_ref().map(|t| t.memory_mib),
+        volumes: a.db(|c| db::volumes(c, &instance.id)).unwrap_or_default(),
+        api_socket: a.api_socket(&instance.id).display().to_string(),
+        instance,
     }
-    v["volumes"] = json!(a.db(|c| db::volumes(c, &i.id)).unwrap_or_default());
-    v["api_socket"] = json!(a.api_socket(&i.id));
-    v
 }
 
 async fn describe_instances(
     State(a): AgentRef,
     Query(q): Query<HashMap<String, String>>,
-) -> Answer {
+) -> Answer<InstanceList> {
     a.purge();
     let mut all = a.db(db::instances)?;
     for (k, v) in &q {
         if k == "state" {
-            all.retain(|i| v.split(',').any(|s| s == i.state));
+            // An unknown state name matches nothing, as EC2's filters do.
+            let wanted: Vec<InstanceState> = v.split(',').filter_map(|s| s.parse().ok()).collect();
+            all.retain(|i| wanted.contains(&i.state));
         } else if k == "id" {
             all.retain(|i| v.split(',').any(|s| s == i.id));
         } else if let Some(tag) = k.strip_prefix("tag:") {
-            all.retain(|i| i.tags.get(tag).and_then(Value::as_str) == Some(v.as_str()));
+            all.retain(|i| i.tags.get(tag) == Some(v));
         } else {
             return Err(ApiError::bad(
                 "InvalidParameter",
@@ -166,47 +161,39 @@ async fn describe_instances(
             ));
         }
     }
-    Ok(Json(
-        json!({"instances": all.iter().map(|i| view(i, &a)).collect::<Vec<_>>()}),
-    ))
+    let instances = all.into_iter().map(|i| view(i, &a)).collect();
+    Ok(Json(InstanceList { instances }))
 }
 
-async fn describe_instance(State(a): AgentRef, Path(id): Path<String>) -> Answer {
-    let i = a.db(|c| db::instance(c, &id))?.ok_or_else(|| {
-        ApiError::not_found("InvalidInstanceID.NotFound", format!("no instance {id}"))
-    })?;
-    Ok(Json(view(&i, &a)))
+async fn describe_instance(State(a): AgentRef, Path(id): Path<String>) -> Answer<InstanceView> {
+    Ok(Json(view(a.instance(&id)?, &a)))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct StopBody {
-    #[serde(default)]
-    force: bool,
+/// Stop answers at once, `stopping` (see `instances::verbs`).
+async fn stop(State(a): AgentRef, Path(id): Path<String>, body: Bytes) -> Answer<InstanceView> {
+    let b: StopRequest = parse(&body)?;
+    Ok(Json(view(a.stop(&id, b.force).await?, &a)))
 }
 
-async fn stop(State(a): AgentRef, Path(id): Path<String>, body: Bytes) -> Answer {
-    let b: StopBody = parse(&body)?;
-    Ok(Json(view(&a.stop(&id, b.force).await?, &a)))
+async fn start(State(a): AgentRef, Path(id): Path<String>) -> Answer<InstanceView> {
+    Ok(Json(view(a.start(&id).await?, &a)))
 }
 
-async fn start(State(a): AgentRef, Path(id): Path<String>) -> Answer {
-    Ok(Json(view(&a.start(&id).await?, &a)))
+/// Reboot answers at once, the instance as it is (`running`).
+async fn reboot(State(a): AgentRef, Path(id): Path<String>) -> Answer<InstanceView> {
+    Ok(Json(view(a.reboot(&id).await?, &a)))
 }
 
-async fn reboot(State(a): AgentRef, Path(id): Path<String>) -> Answer {
-    Ok(Json(view(&a.reboot(&id).await?, &a)))
-}
-
-async fn terminate(State(a): AgentRef, Path(id): Path<String>) -> Answer {
-    Ok(Json(view(&a.terminate(&id).await?, &a)))
+/// Terminate answers at once, `shutting-down`.
+async fn terminate(State(a): AgentRef, Path(id): Path<String>) -> Answer<InstanceView> {
+    Ok(Json(view(a.terminate(&id).await?, &a)))
 }
 
 async fn console(
     State(a): AgentRef,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> Answer {
+) -> Answer<ConsoleOutput> {
     let kib = match q.get("kib") {
         Some(v) => v
             .parse::<u64>()
@@ -220,9 +207,11 @@ async fn console(
             })?,
         None => 64,
     };
-    Ok(Json(
-        json!({"instance_id": id, "output": a.console(&id, kib * 1024)?}),
-    ))
+    let output = a.console(&id, kib * 1024)?;
+    Ok(Json(ConsoleOutput {
+        instance_id: id,
+        output,
+    }))
 }
 
 /// Counts every answer by method and status, for `GET /metrics`.
@@ -268,30 +257,39 @@ fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn usage_view(u: &InstanceUsage) -> Value {
-    let g = |c: &str| u.usage.get(c);
-    let secs = |c: &str| g(c) as f64 / 1000.0;
-    let mut v = json!({
-        "instance_id": u.instance_id,
-        "instance_type": u.instance_type,
-        "vcpu_seconds": g("vcpu_us") as f64 / 1e6,
-        "memory_mib_seconds": secs("mem_mib_ms"),
-        "rss_mib_seconds": secs("rss_kib_ms") / 1024.0,
-        "pending_seconds": secs("pending_ms"),
-        "running_seconds": secs("running_ms"),
-        "stopping_seconds": secs("stopping_ms"),
-        "stopped_seconds": secs("stopped_ms"),
-        "shutting_down_seconds": secs("shutting_down_ms"),
-    });
-    for c in &meter::COLUMNS[8..] {
-        v[*c] = json!(g(c));
+/// Usage as the API shows it: seconds for times and MiB-seconds for memory, the
+/// counters as they are.
+fn usage_view(u: &InstanceUsage) -> UsageView {
+    let q = &u.usage;
+    let secs = |ms: i64| ms as f64 / 1000.0;
+    UsageView {
+        instance_id: u.instance_id.clone(),
+        instance_type: u.instance_type.clone(),
+        vcpu_seconds: q.vcpu_us as f64 / 1e6,
+        memory_mib_seconds: secs(q.mem_mib_ms),
+        rss_mib_seconds: secs(q.rss_kib_ms) / 1024.0,
+        pending_seconds: secs(q.pending_ms),
+        running_seconds: secs(q.running_ms),
+        stopping_seconds: secs(q.stopping_ms),
+        stopped_seconds: secs(q.stopped_ms),
+        shutting_down_seconds: secs(q.shutting_down_ms),
+        block_read_bytes: q.block_read_bytes,
+        block_write_bytes: q.block_write_bytes,
+        block_read_ops: q.block_read_ops,
+        block_write_ops: q.block_write_ops,
+        net_rx_bytes: q.net_rx_bytes,
+        net_tx_bytes: q.net_tx_bytes,
+        net_rx_packets: q.net_rx_packets,
+        net_tx_packets: q.net_tx_packets,
     }
-    v
 }
 
 /// `GET /v1/usage?from=&to=&instance=`: usage per instance over `[from, to)` (default:
 /// everything up to now).
-async fn usage(State(a): AgentRef, Query(q): Query<HashMap<String, String>>) -> Answer {
+async fn usage(
+    State(a): AgentRef,
+    Query(q): Query<HashMap<String, String>>,
+) -> Answer<UsageReport> {
     let mut from = 0;
     let mut to = meter::now_ms();
     let mut ids: Option<Vec<String>> = None;
@@ -315,12 +313,12 @@ async fn usage(State(a): AgentRef, Query(q): Query<HashMap<String, String>>) -> 
         ));
     }
     let all = a.db(|c| meter::query(c, from, to, ids.as_deref()))?;
-    Ok(Json(json!({
-        "from": rfc3339(from),
-        "to": rfc3339(to),
-        "sample_interval_seconds": a.settings.sample_interval.as_secs(),
-        "instances": all.iter().map(usage_view).collect::<Vec<_>>(),
-    })))
+    Ok(Json(UsageReport {
+        from: rfc3339(from),
+        to: rfc3339(to),
+        sample_interval_seconds: a.settings.sample_interval.as_secs(),
+        instances: all.iter().map(usage_view).collect(),
+    }))
 }
 
 /// `GET /metrics`: per-instance usage counters and the agent's own, in Prometheus's text

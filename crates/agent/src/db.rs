@@ -1,8 +1,8 @@
 //! Durable state in SQLite (WAL): images, instances, volumes. Every state change is
 //! written before it is acted on or reported, so a restarted agent knows what ran.
 
+pub use agent_types::{Image, Instance, InstanceState, Volume};
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
 use std::path::Path;
 
 /// Database errors (surfaced as 500s: they are the agent's fault, not the client's).
@@ -24,81 +24,6 @@ CREATE TABLE IF NOT EXISTS volumes (
   id TEXT PRIMARY KEY, instance_id TEXT NOT NULL, path TEXT NOT NULL,
   size_bytes INTEGER NOT NULL, root INTEGER NOT NULL);
 ";
-
-/// A registered image.
-#[derive(Debug, Clone, Serialize)]
-pub struct Image {
-    /// `img-...`
-    pub id: String,
-    /// A name for people.
-    pub name: String,
-    /// The agent's copy of the kernel.
-    pub kernel: String,
-    /// The agent's copy of the initrd.
-    pub initrd: Option<String>,
-    /// The agent's copy of the root filesystem image.
-    pub rootfs: String,
-    /// Default kernel command line.
-    pub boot_args: String,
-    /// sha256 of the root filesystem copy.
-    pub rootfs_sha256: String,
-    /// Unix seconds.
-    pub created_at: i64,
-}
-
-/// An instance as stored.
-#[derive(Debug, Clone, Serialize)]
-pub struct Instance {
-    /// `i-...`
-    pub id: String,
-    /// Its image.
-    pub image_id: String,
-    /// Its type's name.
-    pub instance_type: String,
-    /// pending, running, stopping, stopped, shutting-down, terminated.
-    pub state: String,
-    /// Why it is in that state.
-    pub reason: String,
-    /// The ember process, while there is one.
-    pub pid: Option<i64>,
-    /// That process's start time (clock ticks since boot, /proc/PID/stat field 22).
-    pub pid_start: Option<i64>,
-    /// The instance's directory (volumes, API socket, console).
-    pub dir: String,
-    /// Private IPv4 address.
-    pub ip: String,
-    /// Its tap device.
-    pub tap: String,
-    /// Its MAC.
-    pub mac: String,
-    /// The client token of the run that made it.
-    pub client_token: Option<String>,
-    /// User data given at run.
-    pub user_data: Option<String>,
-    /// Tags, a JSON object.
-    pub tags: serde_json::Value,
-    /// Unix seconds.
-    pub launched_at: i64,
-    /// Unix seconds of the last state change.
-    pub changed_at: i64,
-    /// Unix seconds, once terminated.
-    pub terminated_at: Option<i64>,
-}
-
-/// A volume.
-#[derive(Debug, Clone, Serialize)]
-pub struct Volume {
-    /// `vol-...`
-    pub id: String,
-    /// Its instance.
-    pub instance_id: String,
-    /// Its file.
-    pub path: String,
-    /// Size.
-    pub size_bytes: i64,
-    /// The root volume (a copy of the image's root filesystem).
-    pub root: bool,
-}
 
 /// Unix seconds now.
 pub fn now() -> i64 {
@@ -180,11 +105,15 @@ const INSTANCE_COLS: &str = "id, image_id, instance_type, state, reason, pid, pi
 
 fn instance_row(r: &Row) -> rusqlite::Result<Instance> {
     let tags: String = r.get(13)?;
+    let state: String = r.get(3)?;
+    let state = state.parse::<InstanceState>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+    })?;
     Ok(Instance {
         id: r.get(0)?,
         image_id: r.get(1)?,
         instance_type: r.get(2)?,
-        state: r.get(3)?,
+        state,
         reason: r.get(4)?,
         pid: r.get(5)?,
         pid_start: r.get(6)?,
@@ -194,7 +123,9 @@ fn instance_row(r: &Row) -> rusqlite::Result<Instance> {
         mac: r.get(10)?,
         client_token: r.get(11)?,
         user_data: r.get(12)?,
-        tags: serde_json::from_str(&tags).unwrap_or(serde_json::Value::Null),
+        // Written by `insert_instance` from the same type; unreadable tags read as none
+        // rather than hiding the instance.
+        tags: serde_json::from_str(&tags).unwrap_or_default(),
         launched_at: r.get(14)?,
         changed_at: r.get(15)?,
         terminated_at: r.get(16)?,
@@ -203,13 +134,15 @@ fn instance_row(r: &Row) -> rusqlite::Result<Instance> {
 
 /// Adds an instance.
 pub fn insert_instance(c: &Connection, i: &Instance) -> DbResult<()> {
+    let tags = serde_json::to_string(&i.tags)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     c.execute(
         &format!(
             "INSERT INTO instances ({INSTANCE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
         ),
         params![
-            i.id, i.image_id, i.instance_type, i.state, i.reason, i.pid, i.pid_start, i.dir,
-            i.ip, i.tap, i.mac, i.client_token, i.user_data, i.tags.to_string(), i.launched_at,
+            i.id, i.image_id, i.instance_type, i.state.as_str(), i.reason, i.pid, i.pid_start, i.dir,
+            i.ip, i.tap, i.mac, i.client_token, i.user_data, tags, i.launched_at,
             i.changed_at, i.terminated_at
         ],
     )?;
@@ -248,17 +181,17 @@ pub fn instances_by_token(c: &Connection, token: &str) -> DbResult<Vec<Instance>
 pub fn set_state(
     c: &Connection,
     id: &str,
-    state: &str,
+    state: InstanceState,
     reason: &str,
     pid: Option<(i64, i64)>,
 ) -> DbResult<()> {
-    let terminated = (state == "terminated").then(now);
+    let terminated = (state == InstanceState::Terminated).then(now);
     c.execute(
         "UPDATE instances SET state = ?2, reason = ?3, pid = ?4, pid_start = ?5, changed_at = ?6,
          terminated_at = COALESCE(?7, terminated_at) WHERE id = ?1",
         params![
             id,
-            state,
+            state.as_str(),
             reason,
             pid.map(|p| p.0),
             pid.map(|p| p.1),

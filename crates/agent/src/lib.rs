@@ -1,20 +1,25 @@
 //! emberd, the host agent: runs `ember` instances the way EC2 runs instances.
 //!
-//! - [`api`]: the REST API (axum on a Unix socket).
-//! - [`agent`]: instances' lives: launch, configure over ember's API, supervise, stop,
-//!   start, reboot, terminate, adopt after a restart.
+//! - [`api`]: the REST API (axum on a Unix socket); [`error`]: its error answers, and the
+//!   only place domain errors become HTTP statuses.
+//! - [`instances`]: instances' lives, one module per job (transitions and sampling,
+//!   images, capacity, creating, launching and configuring ember, supervision, the
+//!   lifecycle verbs, adoption after a restart).
 //! - [`db`]: durable state (SQLite, WAL).
 //! - [`host`]: file copies (reflink or sparse), the bridge and taps, processes.
-//! - [`meter`]: usage per instance (samples, hourly rollups, window queries).
+//! - [`meter`]: usage per instance (reading metrics files, samples and hourly rollups,
+//!   window queries); [`prometheus`]: `GET /metrics`.
 //! - [`types`]: the instance type catalogue. [`ids`]: EC2-style ids.
+//!
+//! The wire types are the `agent-types` crate's (shared with emberctl); ember is driven
+//! with the `model` crate's types over `uds-client`.
 
-pub mod agent;
 pub mod api;
 pub mod db;
 pub mod error;
 pub mod host;
 pub mod ids;
+pub mod instances;
 pub mod meter;
 pub mod prometheus;
 pub mod types;
-pub mod vmm_client;

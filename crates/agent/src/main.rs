@@ -1,6 +1,6 @@
 //! `emberd`: the host agent's daemon.
 
-use agent::agent::{Agent, Settings};
+use agent::instances::{Agent, Settings};
 use clap::Parser;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -133,9 +133,9 @@ async fn serve(args: Args) -> Result<(), String> {
         run_dir: args.run_dir,
         sample_interval: Duration::from_secs(args.sample_interval),
     };
-    let agent = Agent::open(settings)?;
-    agent.setup_network()?;
-    agent.adopt().await.map_err(|e| e.message)?;
+    let agent = Agent::open(settings).map_err(|e| e.to_string())?;
+    agent.setup_network().map_err(|e| e.to_string())?;
+    agent.adopt().await.map_err(|e| e.to_string())?;
     if let Some(dir) = args.socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }

@@ -1,11 +1,11 @@
 //! `GET /metrics`: usage counters per instance (labelled with its id and type) and the
 //! agent's own counters, in Prometheus's text exposition format (version 0.0.4).
 
-use crate::agent::Agent;
 use crate::db;
-use crate::error::ApiError;
+use crate::instances::{Agent, AgentError};
 use crate::meter;
 use crate::types;
+use agent_types::InstanceState;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -44,78 +44,81 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Per-instance counters: (metric suffix, help, usage column, scale to the unit).
-const INSTANCE_COUNTERS: [(&str, &str, &str, f64); 11] = [
+/// Reads one quantity of a [`meter::Usage`].
+type Quantity = fn(&meter::Usage) -> i64;
+
+/// Per-instance counters: (metric suffix, help, usage quantity, scale to the unit).
+const INSTANCE_COUNTERS: [(&str, &str, Quantity, f64); 11] = [
     (
         "vcpu_seconds_total",
         "CPU time of the instance's vCPU threads (the guest's vCPU time).",
-        "vcpu_us",
+        |u| u.vcpu_us,
         1e-6,
     ),
     (
         "memory_mib_seconds_total",
         "Configured memory in MiB times seconds while a VMM held it.",
-        "mem_mib_ms",
+        |u| u.mem_mib_ms,
         1e-3,
     ),
     (
         "rss_mib_seconds_total",
         "The VMM's resident memory in MiB times seconds, as sampled.",
-        "rss_kib_ms",
+        |u| u.rss_kib_ms,
         1e-3 / 1024.0,
     ),
     (
         "block_read_bytes_total",
         "Bytes the guest read from its drives.",
-        "block_read_bytes",
+        |u| u.block_read_bytes,
         1.0,
     ),
     (
         "block_write_bytes_total",
         "Bytes the guest wrote to its drives.",
-        "block_write_bytes",
+        |u| u.block_write_bytes,
         1.0,
     ),
     (
         "block_read_ops_total",
         "Read requests of the guest's drives.",
-        "block_read_ops",
+        |u| u.block_read_ops,
         1.0,
     ),
     (
         "block_write_ops_total",
         "Write requests of the guest's drives.",
-        "block_write_ops",
+        |u| u.block_write_ops,
         1.0,
     ),
     (
         "net_rx_bytes_total",
         "Bytes the guest received.",
-        "net_rx_bytes",
+        |u| u.net_rx_bytes,
         1.0,
     ),
     (
         "net_tx_bytes_total",
         "Bytes the guest sent.",
-        "net_tx_bytes",
+        |u| u.net_tx_bytes,
         1.0,
     ),
     (
         "net_rx_packets_total",
         "Frames the guest received.",
-        "net_rx_packets",
+        |u| u.net_rx_packets,
         1.0,
     ),
     (
         "net_tx_packets_total",
         "Frames the guest sent.",
-        "net_tx_packets",
+        |u| u.net_tx_packets,
         1.0,
     ),
 ];
 
 /// The whole exposition.
-pub fn render(a: &Agent) -> Result<String, ApiError> {
+pub fn render(a: &Agent) -> Result<String, AgentError> {
     let instances = a.db(db::instances)?;
     let totals: BTreeMap<String, meter::Usage> = a
         .db(meter::totals)?
@@ -133,7 +136,7 @@ pub fn render(a: &Agent) -> Result<String, ApiError> {
                 ("instance_id", i.id.as_str()),
                 ("instance_type", i.instance_type.as_str()),
             ];
-            f.sample(&name, &labels, u.get(column) as f64 * scale);
+            f.sample(&name, &labels, column(u) as f64 * scale);
         }
     }
     {
@@ -146,13 +149,13 @@ pub fn render(a: &Agent) -> Result<String, ApiError> {
         );
         for i in &instances {
             let u = totals.get(&i.id).unwrap_or(&zero);
-            for (k, state) in meter::STATES.iter().enumerate() {
+            for state in meter::STATES {
                 let labels = [
                     ("instance_id", i.id.as_str()),
                     ("instance_type", i.instance_type.as_str()),
-                    ("state", state),
+                    ("state", state.as_str()),
                 ];
-                f.sample(name, &labels, u.0[k] as f64 / 1000.0);
+                f.sample(name, &labels, u.state_ms(state) as f64 / 1000.0);
             }
         }
     }
@@ -237,9 +240,10 @@ fn agent_families(a: &Agent, instances: &[db::Instance], out: &mut String) {
     {
         let name = "emberd_instances";
         let mut f = Family::new(out, name, "gauge", "Instances by state.");
-        for state in meter::STATES.iter().chain(["terminated"].iter()) {
-            let n = instances.iter().filter(|i| i.state == *state).count();
-            f.sample(name, &[("state", state)], n as f64);
+        let states = meter::STATES.into_iter().chain([InstanceState::Terminated]);
+        for state in states {
+            let n = instances.iter().filter(|i| i.state == state).count();
+            f.sample(name, &[("state", state.as_str())], n as f64);
         }
     }
     let rss = crate::host::rss_kib(i64::from(std::process::id())).unwrap_or(0);

@@ -1,13 +1,24 @@
 //! `emberctl`: emberd's command-line client. Tables for people, `--json` for programs;
 //! errors are emberd's `code: message` on one line, exit status 1.
 
+mod wait;
+
+use agent_types::{
+    ConsoleOutput, Image, ImageList, Instance, InstanceList, InstanceView, RegisterImage,
+    RunRequest, StopRequest, TypeList, UsageReport,
+};
 use clap::{Parser, Subcommand};
-use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use uds_client::Client;
+use wait::Goal;
+
+/// How long one request to emberd may take (a run copies root volumes before answering).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Parser)]
 #[command(
@@ -63,18 +74,32 @@ enum Cmd {
     },
     /// Show one instance.
     Describe { id: String },
-    /// Stop (Ctrl-Alt-Del, then kill after the agent's timeout; --force kills at once).
+    /// Stop (Ctrl-Alt-Del, then kill after the agent's timeout; --force kills at once) and
+    /// wait until it is stopped.
     Stop {
         id: String,
         #[arg(long)]
         force: bool,
+        /// Do not wait for `stopped`.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Start a stopped instance.
     Start { id: String },
-    /// Reboot a running instance.
-    Reboot { id: String },
-    /// Terminate: the instance and its volumes are gone.
-    Terminate { id: String },
+    /// Reboot a running instance and wait until its new VMM runs.
+    Reboot {
+        id: String,
+        /// Do not wait for the new VMM.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Terminate: the instance and its volumes are gone. Waits until it is terminated.
+    Terminate {
+        id: String,
+        /// Do not wait for `terminated`.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// The last KiB of an instance's console.
     Console {
         id: String,
@@ -119,44 +144,6 @@ enum ImageOp {
     },
     /// Deregister an image no instance uses.
     Deregister { id: String },
-}
-
-fn call(sock: &PathBuf, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
-    let mut s = UnixStream::connect(sock)
-        .map_err(|e| format!("cannot reach emberd at {}: {e}", sock.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))
-        .map_err(|e| e.to_string())?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: emberd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out);
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .ok_or("emberd sent no HTTP answer")?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let v: Value = if rest.trim().is_empty() {
-        json!({})
-    } else {
-        serde_json::from_str(rest).map_err(|e| format!("emberd's answer is not JSON: {e}"))?
-    };
-    if (200..300).contains(&status) {
-        Ok(v)
-    } else {
-        Err(format!(
-            "{}: {}",
-            v["code"].as_str().unwrap_or("Error"),
-            v["message"].as_str().unwrap_or("(no message)")
-        ))
-    }
 }
 
 fn s(v: &Value) -> String {
@@ -229,9 +216,9 @@ fn usage_row(u: &Value) -> Value {
     for (k, _) in USAGE_COLS {
         let v = &u[*k];
         if k.ends_with("_seconds") {
-            row[*k] = json!(format!("{:.1}", v.as_f64().unwrap_or(0.0)));
+            row[*k] = Value::String(format!("{:.1}", v.as_f64().unwrap_or(0.0)));
         } else if k.ends_with("_bytes") {
-            row[*k] = json!(bytes(v.as_u64().unwrap_or(0)));
+            row[*k] = Value::String(bytes(v.as_u64().unwrap_or(0)));
         }
     }
     row
@@ -252,8 +239,112 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// emberd, reached through one client on a current-thread runtime (emberctl makes one
+/// request at a time; a runtime with no worker threads starts in microseconds).
+struct Emberd {
+    client: Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Emberd {
+    fn new(socket: PathBuf) -> Result<Emberd, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("cannot start: {e}"))?;
+        Ok(Emberd {
+            client: Client::new(socket, REQUEST_TIMEOUT),
+            rt,
+        })
+    }
+
+    /// The message of a failed request, as emberctl has always printed it.
+    fn message(&self, e: uds_client::Error) -> String {
+        match e {
+            uds_client::Error::Connect { socket, source } => {
+                format!("cannot reach emberd at {}: {source}", socket.display())
+            }
+            e @ uds_client::Error::Status { .. } => e.to_string(),
+            e => format!("emberd: {e}"),
+        }
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+        self.rt
+            .block_on(self.client.get(path))
+            .map_err(|e| self.message(e))
+    }
+
+    fn post<B: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, String> {
+        self.rt
+            .block_on(self.client.post(path, body))
+            .map_err(|e| self.message(e))
+    }
+
+    fn delete(&self, path: &str) -> Result<(), String> {
+        self.rt
+            .block_on(self.client.delete(path))
+            .map_err(|e| self.message(e))
+    }
+
+    /// Polls until every instance of `ids` has reached `goal`, showing progress on stderr;
+    /// returns how they are described at the end.
+    fn wait(&self, ids: &[String], goal: Goal) -> Result<InstanceList, String> {
+        use wait::Progress;
+        let t0 = std::time::Instant::now();
+        let path = format!("/v1/instances?id={}", ids.join(","));
+        loop {
+            let now: InstanceList = self.get(&path)?;
+            let progress = goal.assess(now.instances.iter().map(|v| &v.instance));
+            let secs = t0.elapsed().as_secs_f64();
+            match progress {
+                Progress::Done => {
+                    eprintln!(
+                        "\remberctl: {n}/{n} {} ({secs:.0} s)",
+                        goal.name(),
+                        n = ids.len()
+                    );
+                    return Ok(now);
+                }
+                Progress::Waiting { arrived } => {
+                    eprint!(
+                        "\remberctl: {arrived}/{} {} ({secs:.0} s)",
+                        ids.len(),
+                        goal.name()
+                    );
+                }
+                Progress::Failed { id, state, reason } => {
+                    eprintln!();
+                    return Err(format!(
+                        "{id} did not reach {}: it is {state} ({reason})",
+                        goal.name()
+                    ));
+                }
+            }
+            if t0.elapsed() > WAIT_LIMIT {
+                eprintln!();
+                return Err(format!("gave up waiting after {} s", WAIT_LIMIT.as_secs()));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// How long emberctl waits for instances to arrive.
+const WAIT_LIMIT: Duration = Duration::from_secs(600);
+
+/// `v` as a JSON value (for `--json` and the tables, which show any field by name).
+fn value<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
 fn run(cli: Cli) -> Result<(), String> {
-    let sock = &cli.socket;
+    let d = Emberd::new(cli.socket.clone())?;
     let out = |v: &Value, rows: &str, cols: &[(&str, &str)]| {
         if cli.json {
             println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -264,9 +355,22 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         }
     };
+    // A lifecycle verb on one instance: its answer, or (waiting) how it ends up.
+    let verb = |id: &str, answer: InstanceView, goal: Option<Goal>| -> Result<(), String> {
+        let last = match goal {
+            Some(goal) => {
+                let mut all = d.wait(&[id.to_string()], goal)?;
+                all.instances.pop().unwrap_or(answer)
+            }
+            None => answer,
+        };
+        out(&value(&last), "", INSTANCE_COLS);
+        Ok(())
+    };
+    let wait_unless = |no_wait: bool, goal: Goal| (!no_wait).then_some(goal);
     match cli.cmd {
         Cmd::Types => out(
-            &call(sock, "GET", "/v1/types", None)?,
+            &value(&d.get::<TypeList>("/v1/types")?),
             "instance_types",
             &[
                 ("name", "NAME"),
@@ -275,7 +379,7 @@ fn run(cli: Cli) -> Result<(), String> {
             ],
         ),
         Cmd::Images { op: None } => out(
-            &call(sock, "GET", "/v1/images", None)?,
+            &value(&d.get::<ImageList>("/v1/images")?),
             "images",
             &[
                 ("id", "ID"),
@@ -293,24 +397,19 @@ fn run(cli: Cli) -> Result<(), String> {
                     boot_args,
                 }),
         } => {
-            let mut b = json!({"name": name, "kernel": kernel, "rootfs": rootfs});
-            if let Some(i) = initrd {
-                b["initrd"] = json!(i);
-            }
-            if let Some(a) = boot_args {
-                b["boot_args"] = json!(a);
-            }
-            out(
-                &call(sock, "POST", "/v1/images", Some(b))?,
-                "",
-                &[("id", "ID"), ("name", "NAME")],
-            )
+            let req = RegisterImage {
+                name,
+                kernel,
+                initrd,
+                rootfs,
+                boot_args,
+            };
+            let image: Image = d.post("/v1/images", Some(&req))?;
+            out(&value(&image), "", &[("id", "ID"), ("name", "NAME")])
         }
         Cmd::Images {
             op: Some(ImageOp::Deregister { id }),
-        } => {
-            call(sock, "DELETE", &format!("/v1/images/{id}"), None)?;
-        }
+        } => d.delete(&format!("/v1/images/{id}"))?,
         Cmd::Run {
             image,
             instance_type,
@@ -321,74 +420,41 @@ fn run(cli: Cli) -> Result<(), String> {
             data_volumes,
             no_wait,
         } => {
-            let mut tagmap = serde_json::Map::new();
+            let mut tagmap = BTreeMap::new();
             for t in tags {
                 let (k, v) = t
                     .split_once('=')
                     .ok_or(format!("--tag {t:?}: expected KEY=VALUE"))?;
-                tagmap.insert(k.into(), json!(v));
+                tagmap.insert(k.to_string(), v.to_string());
             }
-            let mut b = json!({"image_id": image, "instance_type": instance_type, "count": count,
-                               "tags": tagmap, "data_volumes_mib": data_volumes});
-            if let Some(u) = user_data {
-                b["user_data"] = json!(u);
+            let req = RunRequest {
+                image_id: image,
+                instance_type,
+                count: Some(count),
+                user_data,
+                tags: Some(tagmap),
+                client_token,
+                data_volumes_mib: data_volumes,
+            };
+            let made: InstanceList<Instance> = d.post("/v1/instances", Some(&req))?;
+            let ids: Vec<String> = made.instances.iter().map(|i| i.id.clone()).collect();
+            if no_wait {
+                out(&value(&made), "instances", INSTANCE_COLS)
+            } else {
+                out(
+                    &value(&d.wait(&ids, Goal::Running)?),
+                    "instances",
+                    INSTANCE_COLS,
+                )
             }
-            if let Some(t) = client_token {
-                b["client_token"] = json!(t);
-            }
-            let made = call(sock, "POST", "/v1/instances", Some(b))?;
-            let ids: Vec<String> = made["instances"]
-                .as_array()
-                .map(|a| a.iter().map(|i| s(&i["id"])).collect())
-                .unwrap_or_default();
-            let mut last = made.clone();
-            if !no_wait {
-                let t0 = Instant::now();
-                loop {
-                    last = call(
-                        sock,
-                        "GET",
-                        &format!("/v1/instances?id={}", ids.join(",")),
-                        None,
-                    )?;
-                    let states: Vec<String> = last["instances"]
-                        .as_array()
-                        .map(|a| a.iter().map(|i| s(&i["state"])).collect())
-                        .unwrap_or_default();
-                    let running = states.iter().filter(|s| *s == "running").count();
-                    eprint!(
-                        "\remberctl: {running}/{} running ({:.0} s)",
-                        ids.len(),
-                        t0.elapsed().as_secs_f64()
-                    );
-                    if running == ids.len() {
-                        eprintln!();
-                        break;
-                    }
-                    if states.iter().any(|s| s != "pending" && s != "running") {
-                        eprintln!();
-                        out(&last, "instances", INSTANCE_COLS);
-                        return Err("an instance did not reach running".into());
-                    }
-                    if t0.elapsed() > Duration::from_secs(600) {
-                        eprintln!();
-                        return Err("gave up waiting after 600 s".into());
-                    }
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-            }
-            out(&last, "instances", INSTANCE_COLS)
         }
         Cmd::Ls { state } => {
             let q = state.map(|s| format!("?state={s}")).unwrap_or_default();
-            out(
-                &call(sock, "GET", &format!("/v1/instances{q}"), None)?,
-                "instances",
-                INSTANCE_COLS,
-            )
+            let all: InstanceList = d.get(&format!("/v1/instances{q}"))?;
+            out(&value(&all), "instances", INSTANCE_COLS)
         }
         Cmd::Describe { id } => {
-            let v = call(sock, "GET", &format!("/v1/instances/{id}"), None)?;
+            let v = value(&d.get::<InstanceView>(&format!("/v1/instances/{id}"))?);
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else if let Some(o) = v.as_object() {
@@ -397,31 +463,27 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
             }
         }
-        Cmd::Stop { id, force } => out(
-            &call(
-                sock,
-                "POST",
-                &format!("/v1/instances/{id}/stop"),
-                Some(json!({"force": force})),
-            )?,
-            "",
-            INSTANCE_COLS,
-        ),
-        Cmd::Start { id } => out(
-            &call(sock, "POST", &format!("/v1/instances/{id}/start"), None)?,
-            "",
-            INSTANCE_COLS,
-        ),
-        Cmd::Reboot { id } => out(
-            &call(sock, "POST", &format!("/v1/instances/{id}/reboot"), None)?,
-            "",
-            INSTANCE_COLS,
-        ),
-        Cmd::Terminate { id } => out(
-            &call(sock, "POST", &format!("/v1/instances/{id}/terminate"), None)?,
-            "",
-            INSTANCE_COLS,
-        ),
+        Cmd::Stop { id, force, no_wait } => {
+            let body = StopRequest { force };
+            let answer = d.post(&format!("/v1/instances/{id}/stop"), Some(&body))?;
+            verb(&id, answer, wait_unless(no_wait, Goal::Stopped))?
+        }
+        Cmd::Start { id } => {
+            let answer = d.post(&format!("/v1/instances/{id}/start"), None::<&()>)?;
+            verb(&id, answer, None)?
+        }
+        Cmd::Reboot { id, no_wait } => {
+            let answer: InstanceView =
+                d.post(&format!("/v1/instances/{id}/reboot"), None::<&()>)?;
+            let goal = Goal::Rebooted {
+                old_pid: answer.instance.pid,
+            };
+            verb(&id, answer, wait_unless(no_wait, goal))?
+        }
+        Cmd::Terminate { id, no_wait } => {
+            let answer = d.post(&format!("/v1/instances/{id}/terminate"), None::<&()>)?;
+            verb(&id, answer, wait_unless(no_wait, Goal::Terminated))?
+        }
         Cmd::Usage {
             from,
             to,
@@ -437,29 +499,26 @@ fn run(cli: Cli) -> Result<(), String> {
             if !instances.is_empty() {
                 q.push(format!("instance={}", instances.join(",")));
             }
-            let v = call(sock, "GET", &format!("/v1/usage?{}", q.join("&")), None)?;
+            let report: UsageReport = d.get(&format!("/v1/usage?{}", q.join("&")))?;
+            let v = value(&report);
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                println!("usage from {} to {}", s(&v["from"]), s(&v["to"]));
-                let rows: Vec<Value> = v["instances"]
-                    .as_array()
-                    .map(|a| a.iter().map(usage_row).collect())
-                    .unwrap_or_default();
+                println!("usage from {} to {}", report.from, report.to);
+                let rows: Vec<Value> = report
+                    .instances
+                    .iter()
+                    .map(|u| usage_row(&value(u)))
+                    .collect();
                 table(&rows, USAGE_COLS);
             }
         }
         Cmd::Console { id, kib } => {
-            let v = call(
-                sock,
-                "GET",
-                &format!("/v1/instances/{id}/console?kib={kib}"),
-                None,
-            )?;
+            let c: ConsoleOutput = d.get(&format!("/v1/instances/{id}/console?kib={kib}"))?;
             if cli.json {
-                println!("{v}");
+                println!("{}", value(&c));
             } else {
-                print!("{}", v["output"].as_str().unwrap_or(""));
+                print!("{}", c.output);
             }
         }
     }

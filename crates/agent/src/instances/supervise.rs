@@ -1,0 +1,131 @@
+//! Supervision: each VMM the agent runs is watched (its exit is recorded at once, with
+//! what was asked of it), and shut down on request (Ctrl-Alt-Del, wait, kill).
+
+use super::Agent;
+use crate::db;
+use crate::host;
+use agent_types::InstanceState;
+use model::ActionType;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What the agent was asked to do with an instance whose VMM exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// Nothing: an exit is the guest's own doing (or a crash).
+    Run,
+    /// Stop: the exit makes it `stopped` (`user request`).
+    Stop,
+    /// Reboot: the exit starts a new VMM on the same volumes.
+    Reboot,
+    /// Terminate: the exit makes it `terminated`, its directory removed.
+    Terminate,
+}
+
+/// A VMM the agent watches.
+pub struct Proc {
+    /// Its pid.
+    pub pid: i64,
+    /// What its exit will mean.
+    pub intent: Intent,
+    /// Becomes `true` once the process has exited and its exit is recorded.
+    pub exited: watch::Receiver<bool>,
+}
+
+/// How long a killed VMM may take to be reaped.
+const REAP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Agent {
+    /// Kills instance `id`'s VMM, if it runs (its watcher records the exit).
+    pub(super) fn kill(&self, id: &str) {
+        if let Some(p) = self.procs().get(id) {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our VMM's.
+            unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+
+    /// Records that an instance's VMM has exited, per what was asked of it, and frees its
+    /// tap (and, for terminate, its volumes and directory).
+    pub(super) fn record_exit(self: &Arc<Self>, id: &str, why: &str) {
+        log::info!("{id}: VMM gone ({why})");
+        self.stats.vmm_exits.fetch_add(1, Ordering::Relaxed);
+        let intent = self
+            .procs()
+            .remove(id)
+            .map(|p| p.intent)
+            .unwrap_or(Intent::Run);
+        let Ok(Some(inst)) = self.db(|c| db::instance(c, id)) else {
+            return;
+        };
+        let _ = host::delete_link(&inst.tap);
+        let _ = std::fs::remove_file(self.api_socket(id));
+        let result = match intent {
+            Intent::Terminate => {
+                // The sample reads the VMM's last metrics line before the directory goes.
+                let r = self.transition(id, InstanceState::Terminated, "user request", None);
+                let _ = std::fs::remove_dir_all(&inst.dir);
+                r
+            }
+            Intent::Stop => self.transition(id, InstanceState::Stopped, "user request", None),
+            Intent::Reboot => {
+                self.sample(id);
+                self.spawn_launch(id, "reboot failed");
+                Ok(())
+            }
+            Intent::Run => self.transition(id, InstanceState::Stopped, why, None),
+        };
+        if let Err(e) = result {
+            log::error!("{id}: cannot record its exit: {e}");
+        }
+    }
+
+    /// Sets what an exit of `id`'s VMM will mean; returns its exit watch if it runs.
+    pub(super) fn intend(&self, id: &str, intent: Intent) -> Option<(i64, watch::Receiver<bool>)> {
+        let mut procs = self.procs();
+        let p = procs.get_mut(id)?;
+        p.intent = intent;
+        Some((p.pid, p.exited.clone()))
+    }
+
+    async fn wait_exit(rx: &mut watch::Receiver<bool>, within: Duration) -> bool {
+        tokio::time::timeout(within, rx.wait_for(|done| *done))
+            .await
+            .is_ok()
+    }
+
+    /// Ends instance `id`'s VMM for `intent`: Ctrl-Alt-Del and up to `--stop-timeout` for
+    /// the guest, then a kill (`force`: the kill at once). Returns once the exit is
+    /// recorded (or the VMM could not be reaped).
+    pub(super) async fn shut_down(self: &Arc<Self>, id: &str, intent: Intent, force: bool) {
+        let Some((pid, mut rx)) = self.intend(id, intent) else {
+            // No VMM (it died, or a launch never got one): record the end directly.
+            self.record_exit(id, "no VMM");
+            return;
+        };
+        if !force {
+            let _ = self
+                .vmm_action(id, ActionType::SendCtrlAltDel, Duration::from_secs(2))
+                .await;
+            if Self::wait_exit(&mut rx, self.settings.stop_timeout).await {
+                return;
+            }
+            log::warn!("{id}: the guest did not shut down in time; killing its VMM");
+        }
+        // Its counters up to now, before it goes without a last line.
+        self.flush_metrics(id).await;
+        // SAFETY: kill has no memory-safety preconditions; the pid is the instance's VMM.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        if !Self::wait_exit(&mut rx, REAP_TIMEOUT).await {
+            log::error!("{id}: its VMM (pid {pid}) was not reaped within {REAP_TIMEOUT:?}");
+        }
+    }
+
+    /// [`Agent::shut_down`] in the background: the verb has answered already.
+    pub(super) fn spawn_shut_down(self: &Arc<Self>, id: &str, intent: Intent, force: bool) {
+        let agent = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move { agent.shut_down(&id, intent, force).await });
+    }
+}
