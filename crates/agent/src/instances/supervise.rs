@@ -56,6 +56,11 @@ impl Agent {
             .remove(id)
             .map(|p| p.intent)
             .unwrap_or(Intent::Run);
+        self.record_end(id, intent, why);
+    }
+
+    /// Records the end of instance `id`'s VMM (or that it had none) as `intent` says.
+    fn record_end(self: &Arc<Self>, id: &str, intent: Intent, why: &str) {
         let Ok(Some(inst)) = self.db(|c| db::instance(c, id)) else {
             return;
         };
@@ -101,7 +106,8 @@ impl Agent {
     pub(super) async fn shut_down(self: &Arc<Self>, id: &str, intent: Intent, force: bool) {
         let Some((pid, mut rx)) = self.intend(id, intent) else {
             // No VMM (it died, or a launch never got one): record the end directly.
-            self.record_exit(id, "no VMM");
+            log::info!("{id}: no VMM to end");
+            self.record_end(id, intent, "no VMM");
             return;
         };
         if !force {

@@ -117,3 +117,6 @@ impl Agent {
         Ok(String::from_utf8_lossy(&data[from..]).to_string())
     }
 }
+
+#[cfg(test)]
+mod tests;

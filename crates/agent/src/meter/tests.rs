@@ -193,3 +193,52 @@ fn pruned_hours_are_shared_out_from_the_rollup_and_filters_apply() {
     assert_eq!(half.len(), 1);
     assert_eq!(half[0].usage.running_ms, HOUR_MS / 2);
 }
+
+#[test]
+fn a_line_ember_writes_with_the_model_type_is_read_whole() {
+    use model::metrics::{BlockMetrics, NetMetrics, VcpuMetrics};
+    let p = tmp("model");
+    let mut line = model::MetricsLine {
+        utc_timestamp_ms: 1234,
+        block: Some(BlockMetrics {
+            read_bytes: 1,
+            write_bytes: 2,
+            read_count: 3,
+            write_count: 4,
+            ..Default::default()
+        }),
+        net: Some(NetMetrics {
+            rx_bytes_count: 5,
+            tx_bytes_count: 6,
+            rx_packets_count: 7,
+            tx_packets_count: 8,
+            ..Default::default()
+        }),
+        vcpu: Some(VcpuMetrics {
+            cpu_time_us: 9,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // Per-device groups are not summed again: `block` and `net` are already the totals.
+    line.block_devices
+        .insert("rootfs".into(), line.block.unwrap_or_default());
+    let mut text = serde_json::to_string(&line).unwrap();
+    text.push('\n');
+    std::fs::write(&p, text).unwrap();
+    let r = read_metrics(&p, 0).unwrap();
+    let want = Usage {
+        vcpu_us: 9,
+        block_read_bytes: 1,
+        block_write_bytes: 2,
+        block_read_ops: 3,
+        block_write_ops: 4,
+        net_rx_bytes: 5,
+        net_tx_bytes: 6,
+        net_rx_packets: 7,
+        net_tx_packets: 8,
+        ..Usage::default()
+    };
+    assert_eq!(r.counters, want);
+    assert_eq!(r.last_line_ms, Some(1234));
+}

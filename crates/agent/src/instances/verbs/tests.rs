@@ -1,0 +1,149 @@
+//! The verbs' answers and their background work, on an agent with instances but no VMMs
+//! (a VMM-less instance is what a launch that never got one leaves).
+
+use super::*;
+use crate::db;
+use crate::instances::Settings;
+use crate::meter;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn agent(name: &str) -> Arc<Agent> {
+    let base = std::env::temp_dir().join(format!("emberd-verbs-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    Agent::open(Settings {
+        state_dir: base.join("state"),
+        bridge: "ember-test0".into(),
+        subnet: "172.31.250.0".parse().unwrap(),
+        ember: "/nonexistent/ember".into(),
+        stop_timeout: Duration::from_secs(1),
+        run_dir: base.join("run"),
+        sample_interval: Duration::from_secs(5),
+    })
+    .unwrap()
+}
+
+/// An instance record in `state` with a directory and a meter, and no VMM.
+fn add(a: &Agent, id: &str, state: InstanceState) -> Instance {
+    let dir = a.settings.state_dir.join("instances").join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let inst = Instance {
+        id: id.into(),
+        image_id: "img-0123456789abcdef0".into(),
+        instance_type: "e1.nano".into(),
+        state,
+        reason: "user request".into(),
+        pid: None,
+        pid_start: None,
+        dir: dir.display().to_string(),
+        ip: "172.31.250.2".into(),
+        // No such link: removing it fails harmlessly.
+        tap: "em-nosuchtap0".into(),
+        mac: "06:00:ac:1f:fa:02".into(),
+        client_token: None,
+        user_data: None,
+        tags: BTreeMap::new(),
+        launched_at: 0,
+        changed_at: 0,
+        terminated_at: None,
+    };
+    a.db(|c| {
+        db::insert_instance(c, &inst)?;
+        meter::open(
+            c,
+            id,
+            "e1.nano",
+            128,
+            &dir.join("metrics.jsonl"),
+            meter::now_ms(),
+        )
+    })
+    .unwrap();
+    inst
+}
+
+async fn eventually(a: &Agent, id: &str, state: InstanceState) -> Instance {
+    for _ in 0..200 {
+        let i = a.instance(id).unwrap();
+        if i.state == state {
+            return i;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "{id} never became {state}: {:?}",
+        a.instance(id).unwrap().state
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn stop_answers_stopping_at_once_and_stops_in_the_background() {
+    let a = agent("stop");
+    add(&a, "i-00000000000000001", InstanceState::Running);
+    let answer = a.stop("i-00000000000000001", false).await.unwrap();
+    assert_eq!(answer.state, InstanceState::Stopping);
+    let done = eventually(&a, "i-00000000000000001", InstanceState::Stopped).await;
+    assert_eq!(done.reason, "user request");
+    // Idempotent: stopping a stopped instance returns it.
+    let again = a.stop("i-00000000000000001", true).await.unwrap();
+    assert_eq!(again.state, InstanceState::Stopped);
+    // The time before the stop went to running, the rest to stopping.
+    let (state, _) = a
+        .db(|c| meter::current(c, "i-00000000000000001"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(state, InstanceState::Stopped);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stopping_instance_is_returned_as_it_is() {
+    let a = agent("stopping");
+    add(&a, "i-00000000000000002", InstanceState::Stopping);
+    let answer = a.stop("i-00000000000000002", false).await.unwrap();
+    assert_eq!(answer.state, InstanceState::Stopping);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn terminate_answers_shutting_down_and_removes_everything_in_the_background() {
+    let a = agent("terminate");
+    let inst = add(&a, "i-00000000000000003", InstanceState::Stopped);
+    let answer = a.terminate("i-00000000000000003").await.unwrap();
+    assert_eq!(answer.state, InstanceState::ShuttingDown);
+    // Asking again while it is under way returns it unchanged.
+    let again = a.terminate("i-00000000000000003").await.unwrap();
+    assert!(matches!(
+        again.state,
+        InstanceState::ShuttingDown | InstanceState::Terminated
+    ));
+    let done = eventually(&a, "i-00000000000000003", InstanceState::Terminated).await;
+    assert!(done.terminated_at.is_some());
+    assert!(!std::path::Path::new(&inst.dir).exists());
+    // A terminated instance can be neither started nor rebooted.
+    let e = a.start("i-00000000000000003").await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "instance i-00000000000000003 is terminated; only stopped instances can be started"
+    );
+    assert!(matches!(
+        a.reboot("i-00000000000000003").await,
+        Err(AgentError::IncorrectState { .. })
+    ));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn reboot_answers_running_at_once_and_only_running_instances_reboot() {
+    let a = agent("reboot");
+    add(&a, "i-00000000000000004", InstanceState::Running);
+    let answer = a.reboot("i-00000000000000004").await.unwrap();
+    assert_eq!(answer.state, InstanceState::Running);
+    add(&a, "i-00000000000000005", InstanceState::Stopped);
+    let e = a.reboot("i-00000000000000005").await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "instance i-00000000000000005 is stopped; only running instances can be rebooted"
+    );
+    assert!(matches!(
+        a.stop("i-00000000000000009", false).await,
+        Err(AgentError::InstanceNotFound { .. })
+    ));
+}
