@@ -27,6 +27,8 @@ if [ "$cross" = yes ]; then
 fi
 echo "== fuzzing (bounded)"
 tools/ci/fuzz.sh 60
+# The end-to-end tests are pytest's (tests/e2e, tests/README.md); run.py picks hardware KVM or
+# the emulated KVM host and prints 'N passed, N failed' for its run.
 # Each run: guest architecture, then extra arguments. On x86_64 the aarch64 guests also get
 # a second, short run in an emulated host with a GICv2, the controller ember falls back on.
 runs=("$(uname -m)")

@@ -12,10 +12,10 @@ import os
 import statistics
 import time
 
-from cases_agent import Emberd, register
-from cases_api import UnixHTTP, call
-from cases_net import netns
-from guest import READY
+from framework.agent import Emberd, register
+from framework.api import UnixHTTP, call
+from framework.net import netns
+from framework.vm import READY
 from harness import case, log
 
 # 20 on hardware KVM. In the emulated host (2 TCG vCPUs, nested SVM) 3: with 20 it made no
@@ -37,7 +37,7 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * p))]
 
 
-@case("bench_agent", suite="bench", timeout=1200)
+@case("bench_agent", suite="bench", timeout=1200, arches=("x86_64",))
 def _(ctx):
     count = int(os.environ.get("EMBER_BENCH_COUNT", "3" if ctx.emulated else "20"))
     with netns("bench-agent") as ns:

@@ -28,7 +28,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from guest import VmProcess, guest_cmdline, start_ember, vm_config
+from framework.vm import VmProcess, guest_cmdline, start_ember, vm_config
 from harness import CaseFailed, case, log
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -140,7 +140,7 @@ def _stats(xs: list[float]) -> str:
     return f"{statistics.median(xs):9.1f} {min(xs):9.1f} {max(xs):9.1f} {len(xs):>4}"
 
 
-@case("bench_blk", timeout=CASE_TIMEOUT_S, suite="bench")
+@case("bench_blk", timeout=CASE_TIMEOUT_S, suite="bench", arches=("x86_64",))
 def _(ctx):
     tools, data = tools_image(ctx), _data_file(ctx)
     samples: dict[str, list[dict]] = {"ember": [], "qemu": []}

@@ -9,7 +9,7 @@ import re
 import statistics
 import time
 
-from guest import (READY, ember_guest_ranges, rss_excluding_guest_kib, start_ember,
+from framework.vm import (READY, ember_guest_ranges, rss_excluding_guest_kib, start_ember,
                    start_qemu_reference, vm_config)
 from harness import ALL_ARCHES, case, log
 

@@ -3,7 +3,7 @@
 same host, same kernel and initramfs, interleaved. Registered as the `bench_net` case of
 the e2e harness (suite `bench`), like bench_blk.
 
-Each run gets a network namespace of its own (cases_net.netns: deleted at the end of the
+Each run gets a network namespace of its own (framework.net.netns: deleted at the end of the
 run, and with it the tap) holding a tap `tap0` with HOST_IP/24 and two one-off iperf3
 servers (Debian's, port 5201 for guest -> host, 5202 for host -> guest). The VMM is
 started inside the namespace (`ip netns exec`) on that tap; the guest (1 vCPU, MEM_MIB MiB)
@@ -36,8 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-from cases_net import GUEST_IP, HOST_IP, netns, tap
-from guest import VmProcess, guest_cmdline, start_ember, vm_config
+from framework.net import GUEST_IP, HOST_IP, netns, tap
+from framework.vm import VmProcess, guest_cmdline, start_ember, vm_config
 from harness import CaseFailed, case, log
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -243,7 +243,7 @@ def _stats(xs: list[float]) -> str:
     return f"{statistics.median(xs):9.1f} {min(xs):9.1f} {max(xs):9.1f} {len(xs):>4}"
 
 
-@case("bench_net", timeout=CASE_TIMEOUT_S, suite="bench")
+@case("bench_net", timeout=CASE_TIMEOUT_S, suite="bench", arches=("x86_64",))
 def _(ctx):
     tools = tools_image(ctx)
     vmms = ("ember", "qemu")

@@ -34,7 +34,9 @@ case "$pkg" in *:arm64) ;; *) pkg="$pkg:arm64" ;; esac
 # The check after unpacking catches a library that this leaves out.
 # qemu-system-arm: the reference VMM the benchmark and a case compare ember with.
 userspace="python3 iproute2 e2fsprogs util-linux procps dash busybox-static qemu-system-arm"
-userspace_all="python3-prometheus-client"   # architecture "all": no :arm64 to them
+# Architecture "all" (no :arm64 to them): the Prometheus parser of the metering checks, and
+# pytest with the plugins the suite uses (their dependencies come with the closure below).
+userspace_all="python3-prometheus-client python3-pytest python3-pytest-timeout python3-pytest-rerunfailures"
 exclude='dpkg|tar|install-info|c?debconf|libdebian-installer4|libnewt0\.52|libslang2|libtextwrap1|libelogind0|init-system-helpers|usrmerge|usr-is-merged|mailcap|mime-support|perl.*|lib.*-perl|libperl.*|libgdbm.*'
 closure=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
             --no-replaces --no-enhances $(printf '%s:arm64 ' $userspace) $userspace_all 2>/dev/null |

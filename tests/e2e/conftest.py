@@ -1,0 +1,10 @@
+"""The real-guest suite's pytest configuration: the framework's plugin (tests/framework/
+plugin.py: --arch, markers, fixtures, retries under emulation, results)."""
+
+import sys
+from pathlib import Path
+
+# tests/ on the path, so `framework` imports as a package wherever pytest is started.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from framework.plugin import *  # noqa: E402,F401,F403  (hooks and fixtures)

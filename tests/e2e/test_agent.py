@@ -1,0 +1,196 @@
+"""emberd cases (issue 6): the host agent run for real, driven with emberctl and over its
+socket, launching real guests. Each case runs emberd inside a network namespace of its
+own, so its bridge and taps go with the namespace."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from framework.agent import register, wait_until
+from framework.api import call
+from framework.common import expect
+from framework.net import sh
+
+pytestmark = pytest.mark.emulated_flaky
+
+# The guest: prints its user data (its second drive); on its first boot it writes a marker
+# to its root volume; on a later boot it says it found it. Then it idles until stopped.
+MARKER_CMD = ("echo UD=$(head -c 64 /dev/vdb | tr -d '\\000'); if [ -f /marker ]; then echo SEEN-MARKER $(cat /marker); else "
+              "echo run-1 > /marker; sync; echo WROTE-MARKER; fi; sleep 100000")
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.arch("x86_64", reason="emberd registers the x86_64 vmlinux as its images' kernel; not yet run with aarch64 guests")
+def test_agent_lifecycle_stop_start_keeps_data_terminate_frees_everything(ctx, emberd):
+    agent = emberd
+    ns = agent.ns
+    image = register(agent, ctx, MARKER_CMD)
+    mode = os.stat(agent.sock).st_mode & 0o777
+    expect(mode == 0o660, f"emberd's socket has mode {mode:o}, not 660")
+    ran = agent.ctl_json("run", "--image", image, "--type", "e1.micro",
+                         "--tag", "Name=web", "--client-token", "tok-1",
+                         "--user-data", "hello-from-user-data")
+    inst = ran["instances"][0]
+    iid = inst["id"]
+    expect(inst["state"] == "running", f"run returned {inst['state']}")
+    agent.wait_console(iid, "WROTE-MARKER")
+    agent.wait_console(iid, "UD=hello-from-user-data")
+    # The same client token: the same instance, no new one.
+    again = agent.ctl_json("run", "--image", image, "--client-token", "tok-1", "--no-wait")
+    expect([i["id"] for i in again["instances"]] == [iid], f"idempotent run: {again}")
+    expect(len(agent.ctl_json("ls")["instances"]) == 1, "a second instance appeared")
+    # Describe filters.
+    by_tag = call(agent.sock, "GET", "/v1/instances?tag:Name=web")[1]["instances"]
+    expect([i["id"] for i in by_tag] == [iid], f"tag filter: {by_tag}")
+    table = agent.ctl("ls").stdout
+    expect(iid in table and "running" in table, f"table: {table}")
+    # Stop (Ctrl-Alt-Del; the guest reboots, its VMM exits) and start again.
+    tap = inst["tap"]
+    # (stop may answer at once with `stopping`, the work going on in the background, or
+    # when it is done: the final state is waited for, which passes with either.)
+    agent.ctl("stop", iid)
+    stopped = agent.wait_state(iid, "stopped")
+    expect(stopped["state"] == "stopped" and stopped["reason"] == "user request",
+           f"after stop: {stopped['state']} {stopped['reason']}")
+    wait_until(lambda: sh("ip", "-n", ns, "link", "show", tap, check=False).returncode != 0,
+               "the tap outlived the stop", timeout=30)
+    agent.ctl("start", iid)
+    agent.wait_state(iid, "running")
+    agent.wait_console(iid, "SEEN-MARKER run-1")
+    # Reboot: a new VMM on the same volumes; the guest boots again.
+    pid_before = agent.instance(iid)["pid"]
+    # (reboot may answer `running` before the new VMM is up: the second boot is waited for.)
+    agent.ctl("reboot", iid)
+    deadline = time.monotonic() + 120
+    while agent.ctl("console", iid).stdout.count("SEEN-MARKER run-1") < 2:
+        expect(time.monotonic() < deadline, "no second boot after reboot")
+        time.sleep(0.3)
+    after = agent.wait_state(iid, "running")
+    expect(after["pid"] != pid_before and after["reason"] == "user request",
+           f"after reboot: pid {after['pid']} (was {pid_before}), {after['reason']}")
+    # kill -9 of its VMM: stopped, with the reason, tap gone.
+    pid = agent.instance(iid)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    gone = agent.wait_state(iid, "stopped", timeout=10)
+    expect("killed" in gone["reason"], f"reason after kill -9: {gone['reason']}")
+    expect(sh("ip", "-n", ns, "link", "show", tap, check=False).returncode != 0,
+           "the tap outlived its VMM")
+    # Terminate: described as terminated, directory and volumes gone.
+    # (terminate may answer `shutting-down` at once: wait for the final state.)
+    agent.ctl("terminate", iid)
+    done = agent.wait_state(iid, "terminated")
+    expect(done["state"] == "terminated", f"terminate: {done['state']}")
+    wait_until(lambda: not Path(inst["dir"]).exists(),
+               "the instance directory outlived terminate", timeout=30)
+    r = agent.ctl("start", iid, check=False)
+    expect(r.returncode != 0 and "IncorrectInstanceState" in r.stderr, f"start terminated: {r.stderr}")
+    expect(agent.instance(iid)["state"] == "terminated", "terminated instance not describable")
+    # The image is free again.
+    agent.ctl("images", "deregister", image)
+
+
+@pytest.mark.arch("x86_64", reason="emberd registers the x86_64 vmlinux as its images' kernel; not yet run with aarch64 guests")
+def test_agent_bad_requests_get_the_right_4xx(ctx, emberd):
+    agent = emberd
+    image = register(agent, ctx, "sleep 100000")
+    s = agent.sock
+    checks = [
+        ("POST", "/v1/instances", {"image_id": "img-00000000000000000", "instance_type": "e1.micro"}, 400, "InvalidImageID.NotFound"),
+        ("POST", "/v1/instances", {"image_id": image, "instance_type": "m5.huge"}, 400, "InvalidInstanceType"),
+        ("POST", "/v1/instances", {"image_id": image, "instance_type": "e1.micro", "count": 0}, 400, "InvalidParameterValue"),
+        ("POST", "/v1/instances", {"image_id": image, "instance_type": "e1.xlarge", "count": 100000}, 400, "InsufficientInstanceCapacity"),
+        ("POST", "/v1/instances", {"image_id": image, "instance_type": "e1.micro", "colour": "red"}, 400, "MalformedRequest"),
+        ("POST", "/v1/images", {"name": "x", "kernel": "/nonexistent", "rootfs": "/nonexistent"}, 400, "InvalidParameterValue"),
+        ("GET", "/v1/instances/i-00000000000000000", None, 404, "InvalidInstanceID.NotFound"),
+        ("POST", "/v1/instances/i-00000000000000000/stop", None, 404, "InvalidInstanceID.NotFound"),
+        ("GET", "/v1/instances?colour=red", None, 400, "InvalidParameter"),
+        ("GET", "/v1/nothing", None, 404, "UnknownPath"),
+    ]
+    for method, path, body, status, code in checks:
+        got, answer = call(s, method, path, body)
+        expect(got == status and answer and answer.get("code") == code,
+               f"{method} {path} {body}: {got} {answer}")
+    got, answer = call(s, "POST", "/v1/instances", raw=b'{"image_id": ')
+    expect(got == 400 and answer["code"] == "MalformedRequest", f"malformed: {got} {answer}")
+    r = agent.ctl("run", "--image", image, "--type", "nope", check=False)
+    expect(r.returncode == 1 and "InvalidInstanceType" in r.stderr, f"emberctl: {r.stderr!r}")
+    expect(call(s, "GET", "/v1/types")[0] == 200, "not serving after bad requests")
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.arch("x86_64", reason="emberd registers the x86_64 vmlinux as its images' kernel; not yet run with aarch64 guests")
+def test_agent_five_instances_concurrent_describes_restart_adopts(ctx, emberd):
+    agent = emberd
+    ns = agent.ns
+    image = register(agent, ctx, "echo BOOTED; sleep 100000")
+    # 50 describes from 10 threads while 5 instances launch: every one answered.
+    answers: list[int] = []
+
+    def describe_loop():
+        for _ in range(5):
+            try:
+                answers.append(call(agent.sock, "GET", "/v1/instances")[0])
+            except OSError as e:
+                answers.append(-1)
+                print(f"describe failed: {e}")
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=describe_loop) for _ in range(10)]
+    for t in threads:
+        t.start()
+    ran = agent.ctl_json("run", "--image", image, "--count", "5", "--type", "e1.nano")
+    for t in threads:
+        t.join(timeout=120)
+    expect(len(answers) == 50 and set(answers) == {200},
+           f"concurrent describes: {len(answers)} answers, statuses {sorted(set(answers))}")
+    ids = [i["id"] for i in ran["instances"]]
+    expect(len(ids) == 5 and all(i["state"] == "running" for i in ran["instances"]),
+           f"run: {[(i['id'], i['state']) for i in ran['instances']]}")
+    ips = {i["ip"] for i in ran["instances"]}
+    expect(len(ips) == 5, f"addresses not unique: {ips}")
+    for iid in ids:
+        agent.wait_console(iid, "BOOTED")
+    pids = {iid: agent.instance(iid)["pid"] for iid in ids}
+    agent.kill9()
+    # While the agent is down, one VMM dies.
+    os.kill(pids[ids[4]], signal.SIGKILL)
+    time.sleep(0.5)
+    agent.start()
+    for iid in ids[:4]:
+        inst = agent.instance(iid)
+        expect(inst["state"] == "running" and inst["pid"] == pids[iid],
+               f"{iid} not adopted: {inst['state']} pid {inst['pid']} (was {pids[iid]})")
+        # Still answering: its VMM's own API, through its socket.
+        expect(call(inst["api_socket"], "GET", "/")[1]["state"] == "Running",
+               f"{iid}'s VMM does not answer")
+    dead = agent.instance(ids[4])
+    expect(dead["state"] == "stopped" and "agent was down" in dead["reason"],
+           f"dead VMM: {dead['state']} {dead['reason']}")
+    expect(sh("ip", "-n", ns, "link", "show", dead["tap"], check=False).returncode != 0,
+           "the dead VMM's tap was left behind")
+    # An adopted instance is still managed: stop it.
+    # (stop and terminate may answer before their work is done: wait for the final state.)
+    agent.ctl("stop", "--force", ids[0])
+    expect(agent.wait_state(ids[0], "stopped")["state"] == "stopped",
+           "adopted instance did not stop")
+    for iid in ids:
+        agent.ctl("terminate", iid)
+    for iid in ids:
+        agent.wait_state(iid, "terminated")
+
+    def vmms_left() -> str:
+        return subprocess.run(["pgrep", "-f", f"api-sock {agent.run_dir}/"],
+                              capture_output=True, text=True).stdout.strip()
+
+    deadline = time.monotonic() + 30
+    while vmms_left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = vmms_left()
+    expect(not left, f"VMMs left after terminate: {left}")

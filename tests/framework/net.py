@@ -1,0 +1,45 @@
+"""Network namespaces and taps for guests' networks. Everything a test creates lives in a
+namespace of its own, so deleting the namespace removes every tap and bridge in it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+
+HOST_IP = "172.30.0.1"
+GUEST_IP = "172.30.0.2"
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs a command, capturing its output (text)."""
+    return subprocess.run(list(args), check=check, capture_output=True, text=True)
+
+
+def netns_exec(ns: str) -> list[str]:
+    """The command prefix that runs a command inside namespace `ns`."""
+    return ["ip", "netns", "exec", ns]
+
+
+@contextlib.contextmanager
+def netns(tag: str):
+    """A fresh network namespace with loopback up; deleted on exit, which removes every
+    tap and bridge created in it (and checked to be gone)."""
+    name = f"ember-{tag}-{os.getpid()}"
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        sh("ip", "netns", "del", name, check=False)
+        left = sh("ip", "netns", "list").stdout
+        if name in left:
+            raise AssertionError(f"network namespace {name} was left behind")
+
+
+def tap(ns: str, name: str, addr: str | None = None) -> None:
+    """A tap device `name` in namespace `ns`, up, with address `addr` (CIDR) if given."""
+    sh("ip", "-n", ns, "tuntap", "add", "dev", name, "mode", "tap")
+    if addr:
+        sh("ip", "-n", ns, "addr", "add", addr, "dev", name)
+    sh("ip", "-n", ns, "link", "set", name, "up")
