@@ -8,9 +8,12 @@ use crate::vstate::vm::Vm;
 use arch::boot::KernelEntry;
 use arch::regs::{self, RegsError};
 use devices::Bus;
+use kvm_bindings::kvm_run;
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{self, Killable};
 
 /// Errors configuring or starting a vCPU.
 #[derive(Debug, Error)]
@@ -100,41 +104,64 @@ enum RunState {
 
 /// The signal that kicks a vCPU thread out of KVM_RUN so it sees a pause request.
 fn kick_signal() -> libc::c_int {
-    libc::SIGRTMIN()
+    signal::SIGRTMIN()
 }
 
-extern "C" fn on_kick(_: libc::c_int) {}
+thread_local! {
+    // The `kvm_run` of the vCPU this thread runs, for the kick handler; null on threads
+    // that run no vCPU, and before and after the run loop. A `const` initialiser and no
+    // destructor, so reading it from a signal handler is a plain TLS load.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
 
-/// Installs the (empty) handler of the kick signal, without SA_RESTART so KVM_RUN returns
-/// EINTR. Idempotent.
+/// The kick handler. It runs on the vCPU thread and sets the thread's vCPU's
+/// `immediate_exit`, so a kick that lands after the thread looked at its pause request
+/// but before it entered KVM_RUN still makes KVM_RUN return EINTR at once: one kick is
+/// always enough. (A kick that lands inside KVM_RUN makes it return EINTR by itself.)
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(Cell::get);
+    if run.is_null() {
+        return;
+    }
+    // SAFETY: a non-null KVM_RUN is this thread's vCPU's kvm_run mapping, which stays
+    // mapped while it is set (the run loop clears it before the vCPU fd is dropped). The
+    // signal interrupts that same thread, so nothing else writes the field meanwhile; a
+    // volatile one-byte store is async-signal-safe, and KVM reads it with READ_ONCE.
+    unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    // Keeps the store before whatever the interrupted code does next (KVM_RUN).
+    compiler_fence(Ordering::SeqCst);
+}
+
+/// Installs the kick handler (vmm-sys-util's: SA_SIGINFO, no SA_RESTART, so KVM_RUN
+/// returns EINTR). Idempotent.
 fn install_kick_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; the handler
-        // is an extern "C" fn that does nothing, which is async-signal-safe.
-        unsafe {
-            let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = on_kick as *const () as usize;
-            libc::sigemptyset(&mut act.sa_mask);
-            if libc::sigaction(kick_signal(), &act, std::ptr::null_mut()) != 0 {
-                log::error!(
-                    "cannot install the vCPU kick handler: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
+        if let Err(e) = signal::register_signal_handler(kick_signal(), on_kick) {
+            log::error!("cannot install the vCPU kick handler: {e}");
         }
     });
+}
+
+/// The vCPU's thread as the control sees it.
+#[derive(Debug, Default)]
+struct ThreadSlot {
+    /// Set once the thread is spawned; kept (never joined: the process ends with the
+    /// guest) so its `pthread_t` stays valid for kicks and its CPU clock.
+    handle: Option<JoinHandle<()>>,
+    /// The run loop has ended: the thread's CPU clock may no longer be read (its kernel
+    /// thread id can be reused).
+    ended: bool,
 }
 
 /// Pausing and resuming one vCPU thread from another thread, and its exit counters.
 #[derive(Debug)]
 pub struct VcpuControl {
     /// Mirrors "state is not Running", so the exit loop checks one atomic, not a lock.
-    pausing: std::sync::atomic::AtomicBool,
+    pausing: AtomicBool,
     state: Mutex<RunState>,
     changed: Condvar,
-    /// The running thread; `None` before it starts and once it has ended.
-    thread: Mutex<Option<libc::pthread_t>>,
+    thread: Mutex<ThreadSlot>,
     /// CPU time (µs) of the thread once it has ended.
     final_cpu_us: AtomicU64,
     /// Exit counters.
@@ -144,10 +171,10 @@ pub struct VcpuControl {
 impl Default for VcpuControl {
     fn default() -> Self {
         VcpuControl {
-            pausing: std::sync::atomic::AtomicBool::new(false),
+            pausing: AtomicBool::new(false),
             state: Mutex::new(RunState::Running),
             changed: Condvar::new(),
-            thread: Mutex::new(None),
+            thread: Mutex::new(ThreadSlot::default()),
             final_cpu_us: AtomicU64::new(0),
             exits: VcpuExits::default(),
         }
@@ -157,6 +184,10 @@ impl Default for VcpuControl {
 impl VcpuControl {
     fn lock(&self) -> std::sync::MutexGuard<'_, RunState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_thread(&self) -> std::sync::MutexGuard<'_, ThreadSlot> {
+        self.thread.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Called by the vCPU thread between exits: parks it while a pause is requested.
@@ -174,39 +205,43 @@ impl VcpuControl {
         }
     }
 
+    /// Sends the thread the kick signal, once: the handler's `immediate_exit` makes sure
+    /// it leaves (or does not enter) KVM_RUN and reaches its checkpoint.
     fn kick(&self) {
-        if let Some(t) = *self.thread.lock().unwrap_or_else(|p| p.into_inner()) {
-            // SAFETY: `t` is the id of this vCPU's thread, alive while it is recorded here
-            // (the thread clears it under this lock before it ends); the handler is a no-op.
-            unsafe { libc::pthread_kill(t, kick_signal()) };
+        let slot = self.lock_thread();
+        if let (Some(handle), false) = (slot.handle.as_ref(), slot.ended) {
+            if let Err(e) = handle.kill(kick_signal()) {
+                log::warn!("cannot kick a vCPU thread: {e}");
+            }
         }
     }
 
     /// CPU time the vCPU's thread has used so far (guest time included: KVM_RUN runs on
     /// it), in microseconds. What metering bills as the guest's vCPU time.
     pub fn cpu_time_us(&self) -> u64 {
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
-        match *thread {
-            Some(t) => {
+        let slot = self.lock_thread();
+        match (slot.handle.as_ref(), slot.ended) {
+            (Some(handle), false) => {
                 let mut clock: libc::clockid_t = 0;
-                // SAFETY: `t` is a live thread (it clears itself from `thread` under this
-                // lock before ending, and we hold the lock); `clock` is a valid out-pointer.
-                if unsafe { libc::pthread_getcpuclockid(t, &mut clock) } != 0 {
+                // SAFETY: the handle is not joined, so its pthread_t is valid, and the
+                // thread is still in its run loop (it sets `ended` under this lock before
+                // leaving it, and we hold the lock); `clock` is a valid out-pointer.
+                if unsafe { libc::pthread_getcpuclockid(handle.as_pthread_t(), &mut clock) } != 0 {
                     return self.final_cpu_us.load(Ordering::Relaxed);
                 }
                 clock_us(clock).unwrap_or_else(|| self.final_cpu_us.load(Ordering::Relaxed))
             }
-            None => self.final_cpu_us.load(Ordering::Relaxed),
+            _ => self.final_cpu_us.load(Ordering::Relaxed),
         }
     }
 
     /// Called by the vCPU thread as it ends: keeps its final CPU time.
     fn thread_ending(&self) {
-        let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.lock_thread();
         if let Some(us) = clock_us(libc::CLOCK_THREAD_CPUTIME_ID) {
             self.final_cpu_us.store(us, Ordering::Relaxed);
         }
-        *thread = None;
+        slot.ended = true;
     }
 }
 
@@ -220,7 +255,12 @@ fn clock_us(clock: libc::clockid_t) -> Option<u64> {
     if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
         return None;
     }
-    Some(ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000)
+    // A CPU clock is never negative.
+    let (secs, nanos) = (
+        u64::try_from(ts.tv_sec).ok()?,
+        u64::try_from(ts.tv_nsec).ok()?,
+    );
+    Some(secs.saturating_mul(1_000_000).saturating_add(nanos / 1000))
 }
 
 /// Stops every vCPU in `vcpus` outside the guest; returns once all are parked or, if
@@ -231,29 +271,29 @@ pub fn pause_all(vcpus: &[Arc<VcpuControl>], within: Duration) -> Result<(), Str
         if *st == RunState::Running {
             *st = RunState::PauseRequested;
             v.pausing.store(true, Ordering::Release);
+            drop(st);
+            v.kick();
         }
     }
     let deadline = Instant::now() + within;
-    loop {
-        let mut all = true;
-        for v in vcpus {
-            if *v.lock() != RunState::Paused {
-                all = false;
-                // Re-sent until seen: a kick that lands just before KVM_RUN is lost.
-                v.kick();
+    for (index, v) in vcpus.iter().enumerate() {
+        let mut st = v.lock();
+        while *st != RunState::Paused {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "vCPU {index} did not stop within {} ms",
+                    within.as_millis()
+                ));
             }
+            st = v
+                .changed
+                .wait_timeout(st, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
         }
-        if all {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "a vCPU did not stop within {} ms",
-                within.as_millis()
-            ));
-        }
-        std::thread::sleep(Duration::from_micros(200));
     }
+    Ok(())
 }
 
 /// Lets every paused vCPU run the guest again.
@@ -353,29 +393,35 @@ impl Vcpu {
             .map_err(|e| VcpuError::Regs(self.index, e))
     }
 
-    /// Starts the vCPU's thread.
-    pub fn start(self) -> Result<JoinHandle<()>, VcpuError> {
+    /// Starts the vCPU's thread. Its handle is kept in the vCPU's [`VcpuControl`], which
+    /// kicks it through it.
+    pub fn start(self) -> Result<(), VcpuError> {
         let index = self.index;
+        let control = self.control.clone();
         install_kick_handler();
-        std::thread::Builder::new()
+        // Held across the spawn so the handle is in place before anyone can kick.
+        let mut slot = control.lock_thread();
+        let handle = std::thread::Builder::new()
             .name(format!("ember_vcpu{index}"))
             .spawn(move || self.run())
-            .map_err(|e| VcpuError::Spawn(index, e))
+            .map_err(|e| VcpuError::Spawn(index, e))?;
+        slot.handle = Some(handle);
+        Ok(())
     }
 
     fn run(mut self) {
-        // SAFETY: pthread_self has no preconditions.
-        *self
-            .control
-            .thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(unsafe { libc::pthread_self() });
+        // From here on a kick sets this vCPU's immediate_exit. The pointer stays valid
+        // until it is cleared below: `self` (and with it the fd's kvm_run mapping) lives
+        // until this function returns.
+        let run: *mut kvm_run = self.fd.get_kvm_run();
+        KVM_RUN.with(|c| c.set(run));
         if let Some(hook) = self.first_run.take() {
             hook();
         }
         loop {
             self.control.checkpoint();
             if let Step::Stop(reason) = self.run_once() {
+                KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
                 self.control.exits.failures.fetch_add(
                     u64::from(matches!(reason, StopReason::Failed(_))),
                     Ordering::Relaxed,
@@ -449,7 +495,10 @@ impl Vcpu {
             Ok(other) => format!("unexpected KVM exit {other:?}"),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 count(&exits.exit_intr);
-                return Step::Continue
+                // A kick set it (or raced with an exit): the kick has been seen, and the
+                // checkpoint this returns to parks the thread if a pause was asked for.
+                self.fd.set_kvm_immediate_exit(0);
+                return Step::Continue;
             }
             Err(e) => format!("KVM_RUN failed: {e}"),
         };
@@ -496,11 +545,12 @@ mod tests {
         }
     }
 
+    /// Port writes, and what port reads return.
     #[derive(Default)]
-    struct PortLog(Vec<(u64, u8)>);
+    struct PortLog(Vec<(u64, u8)>, u8);
     impl BusDevice for PortLog {
         fn read(&mut self, _offset: u64, data: &mut [u8]) {
-            data.fill(0);
+            data.fill(self.1);
         }
         fn write(&mut self, offset: u64, data: &[u8]) {
             self.0.push((offset, data[0]));
@@ -586,5 +636,74 @@ mod tests {
             }
         }
         panic!("KVM kept running a guest with no code");
+    }
+
+    #[test]
+    fn a_kick_just_before_kvm_run_makes_it_return_at_once() {
+        let Some(vm) = kvm_vm() else { return };
+        // mov dx, 0x3f8; out dx, al
+        let mut r = rig(&vm, &[0x66, 0xba, 0xf8, 0x03, 0xee], CODE_AT);
+        install_kick_handler();
+        KVM_RUN.with(|c| c.set(r.vcpu.fd.get_kvm_run()));
+        // The kick lands here, outside KVM_RUN: its handler has run by the time
+        // pthread_kill returns, so nothing is left pending for KVM to notice but the
+        // immediate_exit the handler set.
+        // SAFETY: signals this thread with the kick signal, whose handler is installed.
+        unsafe { libc::pthread_kill(libc::pthread_self(), kick_signal()) };
+        let first = r.vcpu.run_once();
+        KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
+        assert!(matches!(first, Step::Continue));
+        assert_eq!(r.vcpu.control.exits.exit_intr.load(Ordering::Relaxed), 1);
+        assert!(
+            r.ports.lock().unwrap().0.is_empty(),
+            "the guest did not run"
+        );
+        assert_eq!(
+            r.vcpu.fd.get_kvm_run().immediate_exit,
+            0,
+            "cleared once seen"
+        );
+        assert!(matches!(r.vcpu.run_once(), Step::Continue));
+        assert_eq!(r.ports.lock().unwrap().0.len(), 1, "then the guest runs");
+    }
+
+    #[test]
+    fn one_kick_pauses_a_running_vcpu_and_resume_lets_it_run() {
+        let Some(vm) = kvm_vm() else { return };
+        // mov dx, 0x3f8; l: in al, dx; test al, al; jz l; mov eax, 0xd0000000; jmp eax
+        // (the jump into the MMIO gap, where there is no code, ends the thread).
+        let code = [
+            0x66, 0xba, 0xf8, 0x03, 0xec, 0x84, 0xc0, 0x74, 0xfb, 0xb8, 0x00, 0x00, 0x00, 0xd0,
+            0xff, 0xe0,
+        ];
+        let r = rig(&vm, &code, CODE_AT);
+        let control = r.vcpu.control();
+        let vcpus = [control.clone()];
+        let reads = || control.exits.exit_io_in.load(Ordering::Relaxed);
+        let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !done() {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        r.vcpu.start().unwrap();
+        wait_for("the guest to run", &|| reads() > 0);
+        for round in 0..3 {
+            pause_all(&vcpus, Duration::from_secs(5)).unwrap();
+            let at_pause = reads();
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(
+                reads(),
+                at_pause,
+                "round {round}: a paused vCPU ran the guest"
+            );
+            resume_all(&vcpus);
+            wait_for("the guest to run again", &|| reads() > at_pause);
+        }
+        r.ports.lock().unwrap().1 = 1;
+        wait_for("the vCPU thread to end", &|| control.lock_thread().ended);
+        assert_eq!(control.exits.failures.load(Ordering::Relaxed), 1);
+        assert!(control.cpu_time_us() > 0);
     }
 }
