@@ -10,12 +10,14 @@
 
 pub mod block;
 mod device_thread;
+pub mod event_loop;
 mod interrupt;
 pub mod mmio;
 pub mod net;
 pub mod pause;
 
 pub use device_thread::{read_config_bytes, DeviceThread};
+pub use event_loop::DeviceEvents;
 pub use interrupt::{Interrupt, InterruptKind};
 pub use pause::DevicePause;
 

@@ -5,13 +5,16 @@
 use super::disk::{CacheType, DiskFile};
 use super::request::{S_IOERR, S_OK, S_UNSUPP, T_FLUSH, T_GET_ID, T_IN, T_OUT};
 use super::worker::{BlockCounters, QueueBroken, RequestHandler};
+use crate::virtio::{Activation, Interrupt, VirtioDevice};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::io::FromRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 const MEM_SIZE: usize = 1 << 20;
 const QSIZE: u16 = 16;
@@ -37,8 +40,20 @@ fn memfd(size: u64) -> File {
     f
 }
 
+/// A queue of `QSIZE` at `DESC`, `AVAIL` and `USED`, as a driver would set it up.
+fn new_queue(mem: &GuestMemoryMmap) -> Queue {
+    let mut queue = Queue::new(QSIZE).unwrap();
+    queue.set_size(QSIZE);
+    queue.set_desc_table_address(Some(DESC as u32), Some(0));
+    queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+    queue.set_used_ring_address(Some(USED as u32), Some(0));
+    queue.set_ready(true);
+    assert!(queue.is_valid(mem));
+    queue
+}
+
 struct Rig {
-    mem: GuestMemoryMmap,
+    mem: Arc<GuestMemoryMmap>,
     queue: Queue,
     handler: RequestHandler,
     counters: Arc<BlockCounters>,
@@ -48,19 +63,14 @@ struct Rig {
 
 impl Rig {
     fn new(read_only: bool) -> Self {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let mem =
+            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
         let file = memfd(DISK_SIZE);
         let disk = DiskFile::from_file(file.try_clone().unwrap(), read_only, CacheType::Writeback)
             .unwrap();
         let counters = Arc::new(BlockCounters::default());
         let handler = RequestHandler::new(disk, "test-drive-id", counters.clone());
-        let mut queue = Queue::new(QSIZE).unwrap();
-        queue.set_size(QSIZE);
-        queue.set_desc_table_address(Some(DESC as u32), Some(0));
-        queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        queue.set_used_ring_address(Some(USED as u32), Some(0));
-        queue.set_ready(true);
-        assert!(queue.is_valid(&mem));
+        let queue = new_queue(&mem);
         Self {
             mem,
             queue,
@@ -431,4 +441,63 @@ fn many_requests_in_one_pass_are_all_answered() {
     }
     let used_idx: u16 = r.mem.read_obj(GuestAddress(USED + 2)).unwrap();
     assert_eq!(used_idx, 5);
+}
+
+fn used_idx(r: &Rig) -> u16 {
+    r.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+}
+
+fn wait_for_used(r: &Rig, idx: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while used_idx(r) != idx {
+        assert!(
+            Instant::now() < deadline,
+            "used index stuck at {}",
+            used_idx(r)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn the_io_thread_serves_parks_while_paused_and_stops_on_reset() {
+    let mut r = Rig::new(false);
+    let disk =
+        DiskFile::from_file(r.file.try_clone().unwrap(), false, CacheType::Writeback).unwrap();
+    let mut block = super::Block::new("thread-test", disk).unwrap();
+    let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+    let activation = |r: &Rig| Activation {
+        mem: r.mem.clone(),
+        queues: vec![new_queue(&r.mem)],
+        queue_evts: vec![notify.try_clone().unwrap()],
+        interrupt: interrupt.clone(),
+        acked_features: 0,
+    };
+    r.header(HDR, T_GET_ID, 0);
+    r.chain(0, &[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
+    // Posted before activation: served without a notification.
+    r.publish(0);
+    block.activate(activation(&r)).unwrap();
+    wait_for_used(&r, 1);
+
+    let pause = block.pause_handle();
+    assert!(pause.pause(Duration::from_secs(5)));
+    r.publish(0);
+    notify.write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(used_idx(&r), 1, "a paused thread served the queue");
+    pause.resume();
+    wait_for_used(&r, 2);
+    assert_ne!(interrupt.status() & 1, 0, "the guest was interrupted");
+
+    // Reset joins the thread and hands the disk back for the next activation.
+    block.reset();
+    assert!(
+        pause.pause(Duration::from_millis(1)),
+        "no thread left to answer"
+    );
+    pause.resume();
+    block.activate(activation(&r)).unwrap();
+    block.reset();
 }

@@ -3,6 +3,7 @@
 
 use super::disk::{DiskFile, SECTOR_SIZE};
 use super::request::{self, Request, RequestError, RequestKind, ID_BYTES, S_IOERR, S_OK, S_UNSUPP};
+use crate::virtio::event_loop::{DeviceEvents, EventLoopError, Flow};
 use crate::virtio::DevicePause;
 use crate::virtio::{Interrupt, InterruptKind};
 use std::io;
@@ -12,6 +13,7 @@ use thiserror::Error;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Exact counters of what the guest asked and got, for metrics and metering.
@@ -221,6 +223,15 @@ impl RequestHandler {
     }
 }
 
+/// The block thread's own event sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The guest notified the request queue.
+    Queue,
+    /// A backing file waits to be swapped in.
+    Swap,
+}
+
 /// Runs the queue until `stop` fires; returns the handler for a later activation. A disk
 /// swapped in through `swap` replaces the current one between requests, and the guest is
 /// told of the new capacity by a configuration-change interrupt.
@@ -233,36 +244,21 @@ pub fn run(
     stop: EventFd,
     handles: &Handles,
 ) -> RequestHandler {
-    let (swap, pause) = (&handles.swap, &handles.pause);
-    use std::os::unix::io::AsRawFd;
-    let mut fds = [
-        libc::pollfd {
-            fd: pause.evt().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: swap.evt.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: queue_evt.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
+    let swap = &handles.swap;
+    let mut events = match event_loop(stop, handles, &queue_evt) {
+        Ok(events) => events,
+        Err(e) => {
+            log::error!("block: {e}; the device stops");
+            interrupt.fail();
+            return handler;
+        }
+    };
     let mut broken = false;
     // Requests queued before the first notification (possible after a reset) are served.
     let mut pending = true;
     loop {
         // While paused, notifications are remembered and served after resume.
-        let paused = pause.check();
+        let paused = events.paused();
         if pending && !broken && !paused {
             pending = false;
             match handler.process_queue(&mut queue, &mem) {
@@ -275,35 +271,40 @@ pub fn run(
                 }
             }
         }
-        // SAFETY: `fds` is a valid array of pollfds that lives across the call.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+        let flow = events.wait(|source, _| match source {
+            Source::Swap => {
+                let _ = swap.evt.read();
+                if swap.apply(&mut handler) {
+                    interrupt.trigger(InterruptKind::Config);
+                }
             }
-            log::error!("block: poll failed: {e}; the device stops");
-            interrupt.fail();
-            let _ = stop.read();
-            return handler;
-        }
-        if fds[3].revents != 0 {
-            let _ = stop.read();
-            return handler;
-        }
-        if fds[0].revents != 0 {
-            let _ = pause.evt().read();
-        }
-        if fds[1].revents != 0 {
-            let _ = swap.evt.read();
-            if swap.apply(&mut handler) {
-                interrupt.trigger(InterruptKind::Config);
+            Source::Queue => {
+                if queue_evt.read().is_ok() {
+                    pending = true;
+                }
             }
-        }
-        if fds[2].revents != 0 && queue_evt.read().is_ok() {
-            pending = true;
+        });
+        match flow {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Stop) => return handler,
+            Err(e) => {
+                log::error!("block: {e}; the device stops");
+                interrupt.fail();
+                return handler;
+            }
         }
     }
+}
+
+fn event_loop(
+    stop: EventFd,
+    handles: &Handles,
+    queue_evt: &EventFd,
+) -> Result<DeviceEvents<Source>, EventLoopError> {
+    let mut events = DeviceEvents::new(stop, handles.pause.clone())?;
+    events.add(&handles.swap.evt, Source::Swap, EventSet::IN)?;
+    events.add(queue_evt, Source::Queue, EventSet::IN)?;
+    Ok(events)
 }
 
 /// What the VMM thread reaches a running drive's thread with.

@@ -7,15 +7,15 @@ pub mod tap;
 pub use engine::NetCounters;
 pub use tap::{Tap, TapError};
 
+use super::event_loop::{DeviceEvents, EventLoopError, Flow};
 use super::{
     read_config_bytes, ActivateError, Activation, DevicePause, DeviceThread, Interrupt,
     VirtioDevice, F_EVENT_IDX, F_VERSION_1, TYPE_NET,
 };
 use engine::{Engine, RxState, TxState};
-use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Feature bits (virtio 1.2, 5.1.3).
@@ -222,134 +222,119 @@ struct Worker {
     pause: Arc<DevicePause>,
 }
 
-const EV_TAP: u64 = 0;
-const EV_RX: u64 = 1;
-const EV_TX: u64 = 2;
-const EV_STOP: u64 = 3;
-const EV_PAUSE: u64 = 4;
+/// The net thread's own event sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Tap,
+    RxQueue,
+    TxQueue,
+}
 
 impl Worker {
-    fn run(mut self) -> Tap {
-        if let Err(e) = self.serve() {
+    fn run(self) -> Tap {
+        let Worker {
+            mut engine,
+            mem,
+            interrupt,
+            rx_evt,
+            tx_evt,
+            stop,
+            pause,
+        } = self;
+        let served = DeviceEvents::new(stop, pause)
+            .map_err(|e| e.to_string())
+            .and_then(|mut events| {
+                serve(&mut engine, &mem, &interrupt, &rx_evt, &tx_evt, &mut events)
+            });
+        if let Err(e) = served {
+            // The thread ends here; the reset's join takes the tap back.
             log::error!("net: {e}; the device needs a reset");
-            self.interrupt.fail();
-            // Wait for the reset that takes the tap back.
-            loop {
-                let mut fds = [libc::pollfd {
-                    fd: self.stop.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                }];
-                // SAFETY: one valid pollfd that lives across the call.
-                if unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) } > 0 {
-                    break;
-                }
+            interrupt.fail();
+        }
+        engine.into_io()
+    }
+}
+
+/// The event loop; returns `Ok` on stop, `Err` when the queues are broken.
+fn serve(
+    engine: &mut Engine<Tap>,
+    mem: &GuestMemoryMmap,
+    interrupt: &Interrupt,
+    rx_evt: &EventFd,
+    tx_evt: &EventFd,
+    events: &mut DeviceEvents<Source>,
+) -> Result<(), String> {
+    let tap_fd = engine.io().fd();
+    let err = |e: EventLoopError| e.to_string();
+    events
+        .add(&tap_fd, Source::Tap, EventSet::IN)
+        .map_err(err)?;
+    events
+        .add(rx_evt, Source::RxQueue, EventSet::IN)
+        .map_err(err)?;
+    events
+        .add(tx_evt, Source::TxQueue, EventSet::IN)
+        .map_err(err)?;
+    // What the tap is polled for: input unless a frame waits for buffers, output while
+    // the tap refuses frames.
+    let mut want_in = true;
+    let mut want_out = false;
+    // Buffers posted before activation are served at once.
+    let mut do_rx = true;
+    let mut do_tx = true;
+    loop {
+        // Paused: leave the queues, guest memory and the tap alone; what was due is
+        // done after resume (do_rx/do_tx stay set).
+        let paused = events.paused();
+        if do_tx && !paused {
+            do_tx = false;
+            let (state, irq) = engine.process_tx(mem).map_err(|e| e.to_string())?;
+            want_out = state == TxState::TapFull;
+            if irq {
+                interrupt.trigger(super::InterruptKind::Vring);
             }
         }
-        self.engine.into_io()
-    }
-
-    /// The event loop; returns `Ok` on stop, `Err` when the queues are broken.
-    fn serve(&mut self) -> Result<(), String> {
-        let epoll = Epoll::new().map_err(|e| format!("epoll: {e}"))?;
-        let tap_fd = self.engine.io().fd();
-        let add = |fd: i32, data: u64, events: EventSet| {
-            epoll
-                .ctl(ControlOperation::Add, fd, EpollEvent::new(events, data))
-                .map_err(|e| format!("epoll add: {e}"))
-        };
-        add(tap_fd, EV_TAP, EventSet::IN)?;
-        add(self.rx_evt.as_raw_fd(), EV_RX, EventSet::IN)?;
-        add(self.tx_evt.as_raw_fd(), EV_TX, EventSet::IN)?;
-        add(self.stop.as_raw_fd(), EV_STOP, EventSet::IN)?;
-        add(self.pause.evt().as_raw_fd(), EV_PAUSE, EventSet::IN)?;
-        // What the tap is polled for: input unless a frame waits for buffers, output while
-        // the tap refuses frames.
-        let mut want_in = true;
-        let mut want_out = false;
-        let mut events = vec![EpollEvent::default(); 5];
-        // Buffers posted before activation are served at once.
-        let mut do_rx = true;
-        let mut do_tx = true;
-        loop {
-            // Paused: leave the queues, guest memory and the tap alone; what was due is
-            // done after resume (do_rx/do_tx stay set).
-            let paused = self.pause.check();
-            if do_tx && !paused {
-                do_tx = false;
-                let (state, irq) = self
-                    .engine
-                    .process_tx(&self.mem)
-                    .map_err(|e| e.to_string())?;
-                want_out = state == TxState::TapFull;
-                if irq {
-                    self.interrupt.trigger(super::InterruptKind::Vring);
+        if do_rx && !paused {
+            do_rx = false;
+            let (state, irq) = engine.process_rx(mem).map_err(|e| e.to_string())?;
+            want_in = state == RxState::TapEmpty;
+            if state == RxState::TapGone {
+                log::warn!("net: the tap stopped working; no more frames will be received");
+            }
+            if irq {
+                interrupt.trigger(super::InterruptKind::Vring);
+            }
+        }
+        let mut set = EventSet::empty();
+        if want_in && !paused {
+            set |= EventSet::IN;
+        }
+        if want_out && !paused {
+            set |= EventSet::OUT;
+        }
+        events.modify(&tap_fd, Source::Tap, set).map_err(err)?;
+        let flow = events
+            .wait(|source, ready| match source {
+                Source::RxQueue => {
+                    let _ = rx_evt.read();
+                    do_rx = true;
                 }
-            }
-            if do_rx && !paused {
-                do_rx = false;
-                let (state, irq) = self
-                    .engine
-                    .process_rx(&self.mem)
-                    .map_err(|e| e.to_string())?;
-                want_in = state == RxState::TapEmpty;
-                if state == RxState::TapGone {
-                    log::warn!("net: the tap stopped working; no more frames will be received");
+                Source::TxQueue => {
+                    let _ = tx_evt.read();
+                    do_tx = true;
                 }
-                if irq {
-                    self.interrupt.trigger(super::InterruptKind::Vring);
-                }
-            }
-            let mut set = EventSet::empty();
-            if want_in && !paused {
-                set |= EventSet::IN;
-            }
-            if want_out && !paused {
-                set |= EventSet::OUT;
-            }
-            epoll
-                .ctl(
-                    ControlOperation::Modify,
-                    tap_fd,
-                    EpollEvent::new(set, EV_TAP),
-                )
-                .map_err(|e| format!("epoll modify: {e}"))?;
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("epoll wait: {e}")),
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    EV_STOP => {
-                        let _ = self.stop.read();
-                        return Ok(());
-                    }
-                    // The switch itself is looked at by `check` at the top of the loop.
-                    EV_PAUSE => {
-                        let _ = self.pause.evt().read();
-                    }
-                    EV_RX => {
-                        let _ = self.rx_evt.read();
-                        do_rx = true;
-                    }
-                    EV_TX => {
-                        let _ = self.tx_evt.read();
+                Source::Tap => {
+                    if ready.contains(EventSet::OUT) {
                         do_tx = true;
                     }
-                    _ => {
-                        if ev.event_set().contains(EventSet::OUT) {
-                            do_tx = true;
-                        }
-                        if ev
-                            .event_set()
-                            .intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP)
-                        {
-                            do_rx = true;
-                        }
+                    if ready.intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP) {
+                        do_rx = true;
                     }
                 }
-            }
+            })
+            .map_err(err)?;
+        if flow == Flow::Stop {
+            return Ok(());
         }
     }
 }
