@@ -174,19 +174,23 @@ impl Response {
         }
     }
 
-    /// `200 OK` with a JSON body.
-    pub fn json(value: &serde_json::Value) -> Self {
-        Response {
-            status: 200,
-            body: value.to_string(),
+    /// `200 OK` with a JSON body (a 500 if the value cannot be written as JSON).
+    pub fn json<T: serde::Serialize>(value: &T) -> Self {
+        match serde_json::to_string(value) {
+            Ok(body) => Response { status: 200, body },
+            Err(e) => Response::fault(500, format!("cannot encode the answer: {e}")),
         }
     }
 
     /// An error with Firecracker's `{"fault_message": ...}` body.
     pub fn fault(status: u16, message: impl Into<String>) -> Self {
+        let fault = model::Fault {
+            fault_message: message.into(),
+        };
         Response {
             status,
-            body: serde_json::json!({ "fault_message": message.into() }).to_string(),
+            // A struct of one string always serialises.
+            body: serde_json::to_string(&fault).unwrap_or_default(),
         }
     }
 

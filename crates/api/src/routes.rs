@@ -1,48 +1,16 @@
-//! Routing: Firecracker's paths and methods to actions. Bodies stay raw JSON here; the
-//! VMM parses them into its configuration types, which know the fields and their limits.
+//! Routing: Firecracker's paths and methods to typed [`model::rpc::Request`]s, bodies
+//! parsed strictly into the model's types (unknown fields refused, the field at fault
+//! named). What a request means is the VMM's business.
 
 use crate::http::{printable, Method, Request, Response};
-
-/// What a request asks of the VMM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// `GET /`: id, state, version.
-    GetInstanceInfo,
-    /// `GET /version`.
-    GetVersion,
-    /// `GET /vm/config`: the whole configuration.
-    GetVmConfig,
-    /// `GET /machine-config`.
-    GetMachineConfig,
-    /// `PUT /boot-source`.
-    PutBootSource(Vec<u8>),
-    /// `PUT /machine-config`.
-    PutMachineConfig(Vec<u8>),
-    /// `PATCH /machine-config`.
-    PatchMachineConfig(Vec<u8>),
-    /// `PUT /drives/{id}`.
-    PutDrive(String, Vec<u8>),
-    /// `PATCH /drives/{id}`.
-    PatchDrive(String, Vec<u8>),
-    /// `PUT /network-interfaces/{id}`.
-    PutNetworkInterface(String, Vec<u8>),
-    /// `PATCH /network-interfaces/{id}`.
-    PatchNetworkInterface(String, Vec<u8>),
-    /// `PUT /actions`.
-    PutActions(Vec<u8>),
-    /// `PATCH /vm`.
-    PatchVm(Vec<u8>),
-    /// `PUT /logger`.
-    PutLogger(Vec<u8>),
-    /// `PUT /metrics`.
-    PutMetrics(Vec<u8>),
-}
+use model::rpc::Request as VmmRequest;
+use model::{ConfigError, InstanceActionInfo, Vm};
 
 /// A request after routing: an action for the VMM, or an answer the API gives itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ParsedRequest {
     /// For the VMM.
-    Vmm(Action),
+    Vmm(VmmRequest),
     /// Answered without the VMM (bad path, wrong method).
     Answer(Response),
 }
@@ -86,15 +54,30 @@ fn id_of(rest: &str) -> Option<String> {
     }
 }
 
+/// The body as a `T`: a 400 naming the field for a body that does not fit.
+fn body<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, Response> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Err(Response::fault(400, "the request needs a JSON body"));
+    }
+    model::from_json(raw).map_err(|e| Response::fault(400, ConfigError::from(e).to_string()))
+}
+
 /// Routes a request.
 pub fn route(req: Request) -> ParsedRequest {
+    match route_parsed(req) {
+        Ok(r) => ParsedRequest::Vmm(r),
+        Err(answer) => ParsedRequest::Answer(answer),
+    }
+}
+
+fn route_parsed(req: Request) -> Result<VmmRequest, Response> {
     use Method::*;
     let path = req.path.trim_end_matches('/');
     let path = if path.is_empty() { "/" } else { path };
-    let body = req.body;
+    let raw = req.body;
     let m = req.method;
     let wrong_method = |allowed: &str| {
-        ParsedRequest::Answer(Response::fault(
+        Err(Response::fault(
             405,
             format!(
                 "invalid HTTP method {} for {}: use {allowed}",
@@ -103,42 +86,42 @@ pub fn route(req: Request) -> ParsedRequest {
             ),
         ))
     };
-    let action = match path {
+    let request = match path {
         "/" => match m {
-            Get => Action::GetInstanceInfo,
+            Get => VmmRequest::GetInstanceInfo,
             _ => return wrong_method("GET"),
         },
         "/version" => match m {
-            Get => Action::GetVersion,
+            Get => VmmRequest::GetVersion,
             _ => return wrong_method("GET"),
         },
         "/vm/config" => match m {
-            Get => Action::GetVmConfig,
+            Get => VmmRequest::GetVmConfig,
             _ => return wrong_method("GET"),
         },
         "/boot-source" => match m {
-            Put => Action::PutBootSource(body),
+            Put => VmmRequest::PutBootSource(body(&raw)?),
             _ => return wrong_method("PUT"),
         },
         "/machine-config" => match m {
-            Get => Action::GetMachineConfig,
-            Put => Action::PutMachineConfig(body),
-            Patch => Action::PatchMachineConfig(body),
+            Get => VmmRequest::GetMachineConfig,
+            Put => VmmRequest::PutMachineConfig(body(&raw)?),
+            Patch => VmmRequest::PatchMachineConfig(body(&raw)?),
         },
         "/actions" => match m {
-            Put => Action::PutActions(body),
+            Put => VmmRequest::Action(body::<InstanceActionInfo>(&raw)?.action_type),
             _ => return wrong_method("PUT"),
         },
         "/vm" => match m {
-            Patch => Action::PatchVm(body),
+            Patch => VmmRequest::SetVmState(body::<Vm>(&raw)?.state),
             _ => return wrong_method("PATCH"),
         },
         "/logger" => match m {
-            Put => Action::PutLogger(body),
+            Put => VmmRequest::PutLogger(body(&raw)?),
             _ => return wrong_method("PUT"),
         },
         "/metrics" => match m {
-            Put => Action::PutMetrics(body),
+            Put => VmmRequest::PutMetrics(body(&raw)?),
             _ => return wrong_method("PUT"),
         },
         p => {
@@ -147,8 +130,8 @@ pub fn route(req: Request) -> ParsedRequest {
                     return invalid_path(p);
                 };
                 match m {
-                    Put => Action::PutDrive(id, body),
-                    Patch => Action::PatchDrive(id, body),
+                    Put => VmmRequest::PutDrive(id, body(&raw)?),
+                    Patch => VmmRequest::PatchDrive(id, body(&raw)?),
                     Get => return wrong_method("PUT or PATCH"),
                 }
             } else if let Some(rest) = p.strip_prefix("/network-interfaces/") {
@@ -156,14 +139,14 @@ pub fn route(req: Request) -> ParsedRequest {
                     return invalid_path(p);
                 };
                 match m {
-                    Put => Action::PutNetworkInterface(id, body),
-                    Patch => Action::PatchNetworkInterface(id, body),
+                    Put => VmmRequest::PutNetworkInterface(id, body(&raw)?),
+                    Patch => VmmRequest::PatchNetworkInterface(id, body(&raw)?),
                     Get => return wrong_method("PUT or PATCH"),
                 }
             } else {
                 let first = p.trim_start_matches('/').split('/').next().unwrap_or("");
                 if NOT_IMPLEMENTED.contains(&first) {
-                    return ParsedRequest::Answer(Response::fault(
+                    return Err(Response::fault(
                         400,
                         format!("/{first} is not supported by ember"),
                     ));
@@ -172,11 +155,11 @@ pub fn route(req: Request) -> ParsedRequest {
             }
         }
     };
-    ParsedRequest::Vmm(action)
+    Ok(request)
 }
 
-fn invalid_path(p: &str) -> ParsedRequest {
-    ParsedRequest::Answer(Response::fault(
+fn invalid_path(p: &str) -> Result<VmmRequest, Response> {
+    Err(Response::fault(
         400,
         format!("invalid request path: {}", printable(p)),
     ))
@@ -185,12 +168,13 @@ fn invalid_path(p: &str) -> ParsedRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use model::{ActionType, VmState};
 
-    fn r(m: Method, p: &str) -> ParsedRequest {
+    fn r(m: Method, p: &str, body: &str) -> ParsedRequest {
         route(Request {
             method: m,
             path: p.into(),
-            body: b"{}".to_vec(),
+            body: body.as_bytes().to_vec(),
             close: false,
         })
     }
@@ -203,34 +187,62 @@ mod tests {
     }
 
     #[test]
-    fn firecracker_paths_route_to_actions() {
+    fn firecracker_paths_route_to_typed_requests() {
         use Method::*;
-        assert_eq!(r(Get, "/"), ParsedRequest::Vmm(Action::GetInstanceInfo));
-        assert_eq!(r(Get, "/version/"), ParsedRequest::Vmm(Action::GetVersion));
         assert_eq!(
-            r(Put, "/drives/rootfs"),
-            ParsedRequest::Vmm(Action::PutDrive("rootfs".into(), b"{}".to_vec()))
+            r(Get, "/", ""),
+            ParsedRequest::Vmm(VmmRequest::GetInstanceInfo)
         );
         assert_eq!(
-            r(Patch, "/network-interfaces/eth0"),
-            ParsedRequest::Vmm(Action::PatchNetworkInterface("eth0".into(), b"{}".to_vec()))
+            r(Get, "/version/", ""),
+            ParsedRequest::Vmm(VmmRequest::GetVersion)
+        );
+        let ParsedRequest::Vmm(VmmRequest::PutDrive(id, d)) = r(
+            Put,
+            "/drives/rootfs",
+            r#"{"drive_id": "rootfs", "path_on_host": "/r", "is_root_device": true}"#,
+        ) else {
+            panic!("not a drive");
+        };
+        assert_eq!(
+            (id.as_str(), d.path_on_host.as_deref()),
+            ("rootfs", Some("/r"))
         );
         assert_eq!(
-            r(Patch, "/vm"),
-            ParsedRequest::Vmm(Action::PatchVm(b"{}".to_vec()))
+            r(Patch, "/vm", r#"{"state": "Paused"}"#),
+            ParsedRequest::Vmm(VmmRequest::SetVmState(VmState::Paused))
+        );
+        assert_eq!(
+            r(Put, "/actions", r#"{"action_type": "InstanceStart"}"#),
+            ParsedRequest::Vmm(VmmRequest::Action(ActionType::InstanceStart))
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_answered_here_with_the_field_named() {
+        use Method::*;
+        let ParsedRequest::Answer(a) = r(Put, "/machine-config", r#"{"vcpu_count": "2"}"#) else {
+            panic!("routed a bad body");
+        };
+        assert_eq!(a.status, 400);
+        assert!(a.body.contains("vcpu_count"), "{}", a.body);
+        assert_eq!(status(r(Put, "/machine-config", "")), 400);
+        assert_eq!(
+            status(r(Put, "/actions", r#"{"action_type": "Explode"}"#)),
+            400
         );
     }
 
     #[test]
     fn wrong_methods_unknown_and_unsupported_paths() {
         use Method::*;
-        assert_eq!(status(r(Put, "/")), 405);
-        assert_eq!(status(r(Get, "/actions")), 405);
-        assert_eq!(status(r(Get, "/drives/x")), 405);
-        assert_eq!(status(r(Get, "/nope")), 400);
-        assert_eq!(status(r(Put, "/drives/")), 400);
-        assert_eq!(status(r(Put, "/drives/a/b")), 400);
-        assert_eq!(status(r(Put, "/vsock")), 400);
+        assert_eq!(status(r(Put, "/", "{}")), 405);
+        assert_eq!(status(r(Get, "/actions", "")), 405);
+        assert_eq!(status(r(Get, "/drives/x", "")), 405);
+        assert_eq!(status(r(Get, "/nope", "")), 400);
+        assert_eq!(status(r(Put, "/drives/", "{}")), 400);
+        assert_eq!(status(r(Put, "/drives/a/b", "{}")), 400);
+        assert_eq!(status(r(Put, "/vsock", "{}")), 400);
         assert_eq!(path_label("/drives/x"), "drives");
         assert_eq!(path_label("/vm/config"), "vm_config");
     }

@@ -4,7 +4,8 @@
 //! go to the VMM one at a time; the VMM answers quickly (it never waits on the guest).
 
 use crate::http::{self, Response};
-use crate::routes::{self, path_label, Action, ParsedRequest};
+use crate::routes::{self, path_label, ParsedRequest};
+use model::rpc::{Answer, Outcome, Request, RequestError};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -40,13 +41,13 @@ pub enum ServerError {
     Spawn(io::Error),
 }
 
-/// The VMM's end: actions arrive on `requests` (with `wake` written once per action), and
-/// each gets exactly one answer on `answers`, in order.
+/// The VMM's end: requests arrive on `requests` (with `wake` written once per request),
+/// and each gets exactly one outcome on `answers`, in order.
 pub struct VmmLink {
-    /// Actions from clients.
-    pub requests: Receiver<Action>,
-    /// The answers, one per action.
-    pub answers: Sender<Response>,
+    /// Requests from clients.
+    pub requests: Receiver<Request>,
+    /// The outcomes, one per request.
+    pub answers: Sender<Outcome>,
     /// Readable when an action waits.
     pub wake: EventFd,
 }
@@ -77,8 +78,8 @@ pub struct ApiServer {
     listener: UnixListener,
     path: PathBuf,
     max_payload: usize,
-    to_vmm: Sender<Action>,
-    from_vmm: Receiver<Response>,
+    to_vmm: Sender<Request>,
+    from_vmm: Receiver<Outcome>,
     wake: EventFd,
     counters: Arc<ApiCounters>,
     late_answers: usize,
@@ -295,7 +296,7 @@ impl ApiServer {
         c.flush()
     }
 
-    fn ask_vmm(&mut self, action: Action) -> Response {
+    fn ask_vmm(&mut self, request: Request) -> Response {
         // Answers to requests we gave up on come first: skip them.
         while self.late_answers > 0 {
             match self.from_vmm.recv_timeout(VMM_ANSWER_TIMEOUT) {
@@ -308,12 +309,12 @@ impl ApiServer {
                 }
             }
         }
-        if self.to_vmm.send(action).is_err() {
+        if self.to_vmm.send(request).is_err() {
             return Response::fault(503, "the VMM is no longer running");
         }
         let _ = self.wake.write(1);
         match self.from_vmm.recv_timeout(VMM_ANSWER_TIMEOUT) {
-            Ok(r) => r,
+            Ok(outcome) => to_response(outcome),
             Err(RecvTimeoutError::Timeout) => {
                 self.late_answers += 1;
                 Response::fault(503, "the VMM did not answer in time")
@@ -322,6 +323,35 @@ impl ApiServer {
                 Response::fault(503, "the VMM is no longer running")
             }
         }
+    }
+}
+
+/// The HTTP status for each of the VMM's errors: the VMM's own failures are 500s, every
+/// refusal of what the client asked is a 400 (Firecracker's convention).
+pub fn status_of(e: &RequestError) -> u16 {
+    match e {
+        RequestError::Internal(_) => 500,
+        RequestError::Config(_)
+        | RequestError::PreBoot(_)
+        | RequestError::AlreadyStarted
+        | RequestError::NotStarted(_)
+        | RequestError::IdMismatch { .. }
+        | RequestError::NoSuchDrive(_)
+        | RequestError::Unsupported(_)
+        | RequestError::Invalid(_)
+        | RequestError::Start(_) => 400,
+    }
+}
+
+/// The HTTP answer for a VMM outcome.
+pub fn to_response(outcome: Outcome) -> Response {
+    match outcome {
+        Ok(Answer::Empty) => Response::no_content(),
+        Ok(Answer::InstanceInfo(i)) => Response::json(&i),
+        Ok(Answer::Version(v)) => Response::json(&v),
+        Ok(Answer::VmConfig(c)) => Response::json(&c),
+        Ok(Answer::MachineConfig(m)) => Response::json(&m),
+        Err(e) => Response::fault(status_of(&e), e.to_string()),
     }
 }
 

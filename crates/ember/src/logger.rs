@@ -102,7 +102,7 @@ pub fn init(id: &str, level: LevelFilter) {
 }
 
 /// Applies a `logger` configuration: each field given replaces the current setting.
-pub fn configure(cfg: &vmm::LoggerConfig) -> Result<(), String> {
+pub fn configure(cfg: &model::Logger) -> Result<(), String> {
     let level = cfg.level.as_deref().map(parse_level).transpose()?;
     let out = match &cfg.log_path {
         Some(p) => Some(

@@ -129,7 +129,7 @@ fn run(args: Args) -> Result<(), String> {
     let mut base = config.take().unwrap_or_default();
     if base.logger.is_none() && (args.log_path.is_some() || args.show_level || args.show_log_origin)
     {
-        base.logger = Some(vmm::LoggerConfig {
+        base.logger = Some(model::Logger {
             log_path: args.log_path.clone(),
             show_level: Some(args.show_level),
             show_log_origin: Some(args.show_log_origin),
@@ -138,7 +138,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     if base.metrics.is_none() {
         if let Some(p) = &args.metrics_path {
-            base.metrics = Some(vmm::config::MetricsConfig {
+            base.metrics = Some(model::Metrics {
                 metrics_path: p.clone(),
             });
         }
@@ -176,7 +176,8 @@ fn run(args: Args) -> Result<(), String> {
     } else {
         let (server, link) =
             api::ApiServer::bind(&args.api_sock, args.max_payload).map_err(|e| e.to_string())?;
-        ctl.set_api_counters(server.counters());
+        let counters = server.counters();
+        ctl.set_api_counters(std::sync::Arc::new(move || counters.snapshot()));
         server.start().map_err(|e| e.to_string())?;
         if let Some(t0) = args.start_time_us {
             log::info!(
@@ -184,7 +185,12 @@ fn run(args: Args) -> Result<(), String> {
                 monotonic_us().saturating_sub(t0)
             );
         }
-        Some(link)
+        // The same channels, seen from the VMM's side (the VMM does not know the api crate).
+        Some(vmm::rpc::RequestLink {
+            requests: link.requests,
+            answers: link.answers,
+            wake: link.wake,
+        })
     };
     let _raw = terminal::RawTerminal::enable();
     let vmm = match (&resources, &link) {

@@ -2,142 +2,41 @@
 //! and fields as the API resources, parsed strictly (unknown fields are errors) and
 //! validated into a [`VmResources`] the builder can trust.
 
-use crate::drive_config::{self, DriveConfig, DriveConfigError, DriveSpec};
-use crate::net_config::{self, NetConfigError, NetSpec, NetworkInterfaceConfig};
+use crate::boot::{BootSource, DEFAULT_BOOT_ARGS};
+use crate::drive::{self, Drive, DriveError, DriveSpec};
+use crate::machine::{MachineConfig, MachineConfigError, DEFAULT_MEM_MIB, DEFAULT_VCPUS};
+use crate::net::{self, NetError, NetSpec, NetworkInterface};
+use crate::output::{Logger, Metrics, Serial};
+use crate::parse::{from_json, ParseError};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use thiserror::Error;
 
-/// Largest vCPU count a guest can have.
-pub const MAX_VCPUS: u64 = 32;
-/// vCPUs when `machine-config` is absent (Firecracker's default).
-pub const DEFAULT_VCPUS: u8 = 1;
-/// Memory when `machine-config` is absent (Firecracker's default).
-pub const DEFAULT_MEM_MIB: u64 = 128;
-/// Kernel command line when `boot_args` is absent (Firecracker's default).
-pub const DEFAULT_BOOT_ARGS: &str = "reboot=k panic=1 pci=off nomodule 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce";
-
 /// Errors in a configuration file.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error, PartialEq)]
 pub enum ConfigError {
     /// The file is not valid JSON or does not match the schema; `path` names the field.
     /// Both are printable: control characters from the input are escaped.
-    #[error("invalid VM configuration{}: {message}", at(path))]
-    Json {
-        /// Where in the document (`machine-config.vcpu_count`), empty at the top level.
-        path: String,
-        /// What is wrong there.
-        message: String,
-    },
-    /// `vcpu_count` out of range.
-    #[error("machine-config: vcpu_count must be between 1 and {MAX_VCPUS}, got {0}")]
-    VcpuCount(u64),
-    /// `mem_size_mib` is zero.
-    #[error("machine-config: mem_size_mib must be at least 1, got 0")]
-    MemZero,
-    /// `smt` with an odd vCPU count.
-    #[error("machine-config: with smt enabled, vcpu_count must be 1 or even, got {0}")]
-    SmtOdd(u64),
+    #[error("invalid VM configuration{}: {}", at(&.0.path), .0.message)]
+    Json(#[from] ParseError),
+    /// `machine-config` is invalid.
+    #[error(transparent)]
+    Machine(#[from] MachineConfigError),
     /// A field value we recognise but do not implement.
     #[error("{0} is not supported by ember")]
     Unsupported(String),
     /// A drive is invalid.
     #[error(transparent)]
-    Drive(#[from] DriveConfigError),
+    Drive(#[from] DriveError),
     /// A network interface is invalid.
     #[error(transparent)]
-    Net(#[from] NetConfigError),
+    Net(#[from] NetError),
     /// `kernel_image_path` is empty.
     #[error("boot-source: kernel_image_path must not be empty")]
     EmptyKernelPath,
     /// No `boot-source` was given.
     #[error("no boot source configured: PUT /boot-source (or a `boot-source` section) first")]
     NoBootSource,
-}
-
-/// `boot-source`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct BootSourceConfig {
-    /// Path to the kernel (ELF vmlinux or bzImage).
-    pub kernel_image_path: String,
-    /// Kernel command line.
-    #[serde(default)]
-    pub boot_args: Option<String>,
-    /// Path to an initrd.
-    #[serde(default)]
-    pub initrd_path: Option<String>,
-}
-
-/// `machine-config.huge_pages`.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
-pub enum HugePages {
-    /// Ordinary pages.
-    #[default]
-    None,
-    /// 2 MiB hugetlbfs pages.
-    #[serde(rename = "2M")]
-    Hugetlbfs2M,
-}
-
-/// `machine-config`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct MachineConfig {
-    /// Number of vCPUs, 1 to 32.
-    pub vcpu_count: u64,
-    /// Guest memory in MiB.
-    pub mem_size_mib: u64,
-    /// Simultaneous multithreading.
-    #[serde(default)]
-    pub smt: bool,
-    /// Dirty page tracking (for diff snapshots).
-    #[serde(default)]
-    pub track_dirty_pages: bool,
-    /// Huge page backing.
-    #[serde(default)]
-    pub huge_pages: HugePages,
-    /// CPU template name.
-    #[serde(default)]
-    pub cpu_template: Option<String>,
-}
-
-/// `serial`: where the guest's console goes.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
-#[serde(deny_unknown_fields)]
-pub struct SerialConfig {
-    /// File the console is appended to; stdout when absent.
-    #[serde(default)]
-    pub serial_out_path: Option<String>,
-}
-
-/// `logger`: where ember's own log goes.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
-#[serde(deny_unknown_fields)]
-pub struct LoggerConfig {
-    /// File (or FIFO) the log is appended to; stderr when absent.
-    #[serde(default)]
-    pub log_path: Option<String>,
-    /// Error, Warning, Info, Debug, Trace or Off.
-    #[serde(default)]
-    pub level: Option<String>,
-    /// Print the level in each line.
-    #[serde(default)]
-    pub show_level: Option<bool>,
-    /// Print the source file and line in each line.
-    #[serde(default)]
-    pub show_log_origin: Option<bool>,
-    /// Only log lines from this module (Rust module path prefix).
-    #[serde(default)]
-    pub module: Option<String>,
-}
-
-/// `metrics`: where metrics lines go.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// File (or FIFO) the lines are appended to.
-    pub metrics_path: String,
 }
 
 /// The whole configuration: the file's keys, which are also the API's resources. Parsed
@@ -151,7 +50,7 @@ pub struct VmConfig {
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub boot_source: Option<BootSourceConfig>,
+    pub boot_source: Option<BootSource>,
     /// `machine-config`.
     #[serde(
         rename = "machine-config",
@@ -161,19 +60,19 @@ pub struct VmConfig {
     pub machine_config: Option<MachineConfig>,
     /// `serial`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serial: Option<SerialConfig>,
+    pub serial: Option<Serial>,
     /// `drives`.
     #[serde(default)]
-    pub drives: Vec<DriveConfig>,
+    pub drives: Vec<Drive>,
     /// `network-interfaces`.
     #[serde(rename = "network-interfaces", default)]
-    pub network_interfaces: Vec<NetworkInterfaceConfig>,
+    pub network_interfaces: Vec<NetworkInterface>,
     /// `logger`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logger: Option<LoggerConfig>,
+    pub logger: Option<Logger>,
     /// `metrics`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<MetricsConfig>,
+    pub metrics: Option<Metrics>,
     // Keys of Firecracker's format that this build does not implement: accepted only when
     // empty, so a configuration never silently loses a device it asked for.
     #[serde(default, skip_serializing)]
@@ -209,19 +108,6 @@ pub struct VmResources {
     pub net: Vec<NetSpec>,
 }
 
-/// Escapes control characters (a field name may contain a newline) so an error stays one line.
-fn printable(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn at(path: &str) -> String {
     if path.is_empty() || path == "." {
         String::new()
@@ -237,54 +123,14 @@ fn refuse_if_set(key: &str, value: &Option<serde_json::Value>) -> Result<(), Con
     }
 }
 
-/// Validates a machine configuration and returns `(vcpus, mem_size_mib)`.
-pub fn validate_machine(m: &MachineConfig) -> Result<(u8, u64), ConfigError> {
-    if m.vcpu_count == 0 || m.vcpu_count > MAX_VCPUS {
-        return Err(ConfigError::VcpuCount(m.vcpu_count));
-    }
-    if m.mem_size_mib == 0 {
-        return Err(ConfigError::MemZero);
-    }
-    if m.smt && m.vcpu_count > 1 && m.vcpu_count % 2 == 1 {
-        return Err(ConfigError::SmtOdd(m.vcpu_count));
-    }
-    if m.smt {
-        return Err(ConfigError::Unsupported(
-            "machine-config: smt = true".into(),
-        ));
-    }
-    if m.huge_pages != HugePages::None {
-        return Err(ConfigError::Unsupported(
-            "machine-config: huge_pages other than \"None\"".into(),
-        ));
-    }
-    if let Some(t) = &m.cpu_template {
-        if t != "None" {
-            return Err(ConfigError::Unsupported(format!(
-                "machine-config: cpu_template {t:?}"
-            )));
-        }
-    }
-    Ok((m.vcpu_count as u8, m.mem_size_mib))
-}
-
-/// Parses JSON text into `T` strictly, naming the field at fault.
-pub fn from_json<T: serde::de::DeserializeOwned>(text: &[u8]) -> Result<T, ConfigError> {
-    let de = &mut serde_json::Deserializer::from_slice(text);
-    serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Json {
-        path: printable(&e.path().to_string()),
-        message: printable(&e.into_inner().to_string()),
-    })
-}
-
 /// Parses and validates the text of a configuration file.
 pub fn parse(text: &str) -> Result<VmResources, ConfigError> {
     let cfg: VmConfig = from_json(text.as_bytes())?;
     if cfg.boot_source.is_none() {
-        return Err(ConfigError::Json {
+        return Err(ConfigError::Json(ParseError {
             path: String::new(),
             message: "missing field `boot-source`".into(),
-        });
+        }));
     }
     cfg.validate()
 }
@@ -292,20 +138,25 @@ pub fn parse(text: &str) -> Result<VmResources, ConfigError> {
 impl VmConfig {
     /// Parses a configuration file's text without validating it.
     pub fn parse(text: &str) -> Result<VmConfig, ConfigError> {
-        from_json(text.as_bytes())
+        Ok(from_json(text.as_bytes())?)
+    }
+
+    /// The machine configuration, or Firecracker's defaults.
+    pub fn machine(&self) -> MachineConfig {
+        self.machine_config.clone().unwrap_or_default()
     }
 
     /// Checks everything and returns what the builder needs.
     pub fn validate(&self) -> Result<VmResources, ConfigError> {
-        let drives = drive_config::validate_drives(&self.drives)?;
-        let net = net_config::validate_interfaces(&self.network_interfaces)?;
+        let drives = drive::validate_drives(&self.drives)?;
+        let net = net::validate_interfaces(&self.network_interfaces)?;
         refuse_if_set("vsock", &self.vsock)?;
         refuse_if_set("balloon", &self.balloon)?;
         refuse_if_set("entropy", &self.entropy)?;
         refuse_if_set("mmds-config", &self.mmds_config)?;
         refuse_if_set("cpu-config", &self.cpu_config)?;
         let (vcpu_count, mem_size_mib) = match &self.machine_config {
-            Some(m) => validate_machine(m)?,
+            Some(m) => m.validate()?,
             None => (DEFAULT_VCPUS, DEFAULT_MEM_MIB),
         };
         let boot = self.boot_source.as_ref().ok_or(ConfigError::NoBootSource)?;

@@ -2,7 +2,6 @@
 //! [`DriveSpec`]s the builder attaches in order (the root drive first, so it is
 //! `/dev/vda`).
 
-use devices::virtio::block::CacheType;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -12,8 +11,8 @@ use thiserror::Error;
 pub const MAX_ID_LEN: usize = 64;
 
 /// Errors in the `drives` list.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum DriveConfigError {
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum DriveError {
     /// `drive_id` is empty, too long or has characters other than ASCII letters, digits
     /// and `_`.
     #[error("drives: drive_id {0:?} must be 1 to 64 ASCII letters, digits or underscores")]
@@ -38,7 +37,7 @@ pub enum DriveConfigError {
 /// `drives[]` entry, with Firecracker's fields.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct DriveConfig {
+pub struct Drive {
     /// Unique id; also the serial the guest reads with get-id.
     pub drive_id: String,
     /// Backing file on the host.
@@ -54,7 +53,7 @@ pub struct DriveConfig {
     pub partuuid: Option<String>,
     /// Write cache mode.
     #[serde(default)]
-    pub cache_type: Option<CacheTypeConfig>,
+    pub cache_type: Option<CacheType>,
     /// I/O engine.
     #[serde(default)]
     pub io_engine: Option<IoEngine>,
@@ -66,9 +65,23 @@ pub struct DriveConfig {
     pub socket: Option<String>,
 }
 
+/// `PATCH /drives/{drive_id}`: a running drive's new backing file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DrivePatch {
+    /// The drive's id (must be the path's).
+    pub drive_id: String,
+    /// The new backing file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<String>,
+    /// A new rate limiter (not supported by ember: refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<serde_json::Value>,
+}
+
 /// `cache_type`.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
-pub enum CacheTypeConfig {
+pub enum CacheType {
     /// No flush offered to the guest (Firecracker's default).
     #[default]
     Unsafe,
@@ -114,27 +127,27 @@ fn valid_partuuid(p: &str) -> bool {
 }
 
 /// Validates one drive on its own.
-pub fn validate_drive(d: &DriveConfig) -> Result<DriveSpec, DriveConfigError> {
+pub fn validate_drive(d: &Drive) -> Result<DriveSpec, DriveError> {
     let id = d.drive_id.clone();
     if !valid_id(&id) {
-        return Err(DriveConfigError::BadId(id));
+        return Err(DriveError::BadId(id));
     }
     if d.socket.is_some() {
-        return Err(DriveConfigError::Unsupported(id, "socket (vhost-user)"));
+        return Err(DriveError::Unsupported(id, "socket (vhost-user)"));
     }
     if d.rate_limiter.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(DriveConfigError::Unsupported(id, "rate_limiter"));
+        return Err(DriveError::Unsupported(id, "rate_limiter"));
     }
     if d.io_engine == Some(IoEngine::Async) {
-        return Err(DriveConfigError::Unsupported(id, "io_engine \"Async\""));
+        return Err(DriveError::Unsupported(id, "io_engine \"Async\""));
     }
     let path = match &d.path_on_host {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => return Err(DriveConfigError::NoPath(id)),
+        _ => return Err(DriveError::NoPath(id)),
     };
     if let Some(p) = &d.partuuid {
         if !valid_partuuid(p) {
-            return Err(DriveConfigError::BadPartuuid(id, p.clone()));
+            return Err(DriveError::BadPartuuid(id, p.clone()));
         }
     }
     Ok(DriveSpec {
@@ -143,27 +156,24 @@ pub fn validate_drive(d: &DriveConfig) -> Result<DriveSpec, DriveConfigError> {
         is_root: d.is_root_device,
         read_only: d.is_read_only.unwrap_or(false),
         partuuid: d.partuuid.clone(),
-        cache: match d.cache_type.unwrap_or_default() {
-            CacheTypeConfig::Unsafe => CacheType::Unsafe,
-            CacheTypeConfig::Writeback => CacheType::Writeback,
-        },
+        cache: d.cache_type.unwrap_or_default(),
     })
 }
 
 /// Validates the whole list and puts it in attachment order: the root drive first, the
 /// others as given.
-pub fn validate_drives(drives: &[DriveConfig]) -> Result<Vec<DriveSpec>, DriveConfigError> {
+pub fn validate_drives(drives: &[Drive]) -> Result<Vec<DriveSpec>, DriveError> {
     let mut seen = HashSet::new();
     let mut root: Option<DriveSpec> = None;
     let mut rest = Vec::with_capacity(drives.len());
     for d in drives {
         let spec = validate_drive(d)?;
         if !seen.insert(spec.id.clone()) {
-            return Err(DriveConfigError::DuplicateId(spec.id));
+            return Err(DriveError::DuplicateId(spec.id));
         }
         if spec.is_root {
             if let Some(r) = &root {
-                return Err(DriveConfigError::TwoRoots(r.id.clone(), spec.id));
+                return Err(DriveError::TwoRoots(r.id.clone(), spec.id));
             }
             root = Some(spec);
         } else {
@@ -186,7 +196,7 @@ pub fn root_args(root: &DriveSpec) -> String {
 mod tests {
     use super::*;
 
-    fn drive(json: &str) -> DriveConfig {
+    fn drive(json: &str) -> Drive {
         serde_json::from_str(json).unwrap()
     }
 
@@ -225,12 +235,12 @@ mod tests {
         }];
         assert_eq!(
             validate_drives(&two),
-            Err(DriveConfigError::TwoRoots("r".into(), "r2".into()))
+            Err(DriveError::TwoRoots("r".into(), "r2".into()))
         );
         let dup = [ds[0].clone(), ds[0].clone()];
         assert_eq!(
             validate_drives(&dup),
-            Err(DriveConfigError::DuplicateId("a".into()))
+            Err(DriveError::DuplicateId("a".into()))
         );
     }
 
@@ -241,22 +251,19 @@ mod tests {
                 drive(r#"{"drive_id": "a", "path_on_host": "/a", "is_root_device": false}"#);
             d.drive_id = id.to_string();
             assert!(
-                matches!(validate_drive(&d), Err(DriveConfigError::BadId(_))),
+                matches!(validate_drive(&d), Err(DriveError::BadId(_))),
                 "{id:?}"
             );
         }
         let d = drive(r#"{"drive_id": "a", "is_root_device": false}"#);
-        assert_eq!(
-            validate_drive(&d),
-            Err(DriveConfigError::NoPath("a".into()))
-        );
+        assert_eq!(validate_drive(&d), Err(DriveError::NoPath("a".into())));
         // A partuuid is pasted into the command line: nothing but a UUID may pass.
         let d = drive(
             r#"{"drive_id": "a", "path_on_host": "/a", "is_root_device": true, "partuuid": "1 init=/bin/sh"}"#,
         );
         assert!(matches!(
             validate_drive(&d),
-            Err(DriveConfigError::BadPartuuid(..))
+            Err(DriveError::BadPartuuid(..))
         ));
         for (field, value) in [
             ("io_engine", r#""Async""#),
@@ -270,11 +277,11 @@ mod tests {
                 r#"{{"drive_id": "a", "path_on_host": "/a", "is_root_device": false, "{field}": {value}}}"#
             ));
             assert!(
-                matches!(validate_drive(&d), Err(DriveConfigError::Unsupported(..))),
+                matches!(validate_drive(&d), Err(DriveError::Unsupported(..))),
                 "{field}"
             );
         }
-        assert!(serde_json::from_str::<DriveConfig>(
+        assert!(serde_json::from_str::<Drive>(
             r#"{"drive_id": "a", "path_on_host": "/a", "is_root_device": false, "cache_type": "None"}"#
         )
         .is_err());

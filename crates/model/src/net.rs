@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use thiserror::Error;
 
 /// Errors in the `network-interfaces` list.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum NetConfigError {
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum NetError {
     /// `iface_id` is empty, too long or has characters other than ASCII letters, digits
     /// and `_`.
     #[error(
@@ -39,7 +39,7 @@ pub enum NetConfigError {
 /// `network-interfaces[]` entry, with Firecracker's fields.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct NetworkInterfaceConfig {
+pub struct NetworkInterface {
     /// Unique id.
     pub iface_id: String,
     /// The host tap device's name.
@@ -55,6 +55,21 @@ pub struct NetworkInterfaceConfig {
     pub rx_rate_limiter: Option<serde_json::Value>,
     /// Transmit rate limiter (not implemented: refused when set).
     #[serde(default)]
+    pub tx_rate_limiter: Option<serde_json::Value>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}`: new rate limiters for a running interface
+/// (ember has none: refused).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfacePatch {
+    /// The interface's id (must be the path's).
+    pub iface_id: String,
+    /// Receive rate limiter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<serde_json::Value>,
+    /// Transmit rate limiter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<serde_json::Value>,
 }
 
@@ -97,28 +112,28 @@ fn valid_tap_name(n: &str) -> bool {
 }
 
 /// Validates one interface.
-pub fn validate_interface(i: &NetworkInterfaceConfig) -> Result<NetSpec, NetConfigError> {
+pub fn validate_interface(i: &NetworkInterface) -> Result<NetSpec, NetError> {
     let id = i.iface_id.clone();
     if !valid_id(&id) {
-        return Err(NetConfigError::BadId(id));
+        return Err(NetError::BadId(id));
     }
     if !valid_tap_name(&i.host_dev_name) {
-        return Err(NetConfigError::BadTapName(id, i.host_dev_name.clone()));
+        return Err(NetError::BadTapName(id, i.host_dev_name.clone()));
     }
     for (field, v) in [
         ("rx_rate_limiter", &i.rx_rate_limiter),
         ("tx_rate_limiter", &i.tx_rate_limiter),
     ] {
         if v.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(NetConfigError::Unsupported(id, field));
+            return Err(NetError::Unsupported(id, field));
         }
     }
     let mac = match &i.guest_mac {
         None => None,
         Some(s) => {
-            let mac = parse_mac(s).ok_or_else(|| NetConfigError::BadMac(id.clone(), s.clone()))?;
+            let mac = parse_mac(s).ok_or_else(|| NetError::BadMac(id.clone(), s.clone()))?;
             if mac[0] & 1 != 0 {
-                return Err(NetConfigError::MulticastMac(id, s.clone()));
+                return Err(NetError::MulticastMac(id, s.clone()));
             }
             Some(mac)
         }
@@ -126,7 +141,7 @@ pub fn validate_interface(i: &NetworkInterfaceConfig) -> Result<NetSpec, NetConf
     let mtu = match i.mtu {
         None => None,
         Some(m) if (68..=65535).contains(&m) => Some(m as u16),
-        Some(m) => return Err(NetConfigError::BadMtu(id, m)),
+        Some(m) => return Err(NetError::BadMtu(id, m)),
     };
     Ok(NetSpec {
         id,
@@ -137,19 +152,17 @@ pub fn validate_interface(i: &NetworkInterfaceConfig) -> Result<NetSpec, NetConf
 }
 
 /// Validates the whole list: ids and taps unique.
-pub fn validate_interfaces(
-    list: &[NetworkInterfaceConfig],
-) -> Result<Vec<NetSpec>, NetConfigError> {
+pub fn validate_interfaces(list: &[NetworkInterface]) -> Result<Vec<NetSpec>, NetError> {
     let mut ids = HashSet::new();
     let mut taps = HashSet::new();
     let mut out = Vec::with_capacity(list.len());
     for i in list {
         let spec = validate_interface(i)?;
         if !ids.insert(spec.id.clone()) {
-            return Err(NetConfigError::Duplicate("iface_id", spec.id));
+            return Err(NetError::Duplicate("iface_id", spec.id));
         }
         if !taps.insert(spec.tap.clone()) {
-            return Err(NetConfigError::Duplicate("host_dev_name", spec.tap));
+            return Err(NetError::Duplicate("host_dev_name", spec.tap));
         }
         out.push(spec);
     }
@@ -160,7 +173,7 @@ pub fn validate_interfaces(
 mod tests {
     use super::*;
 
-    fn iface(json: &str) -> NetworkInterfaceConfig {
+    fn iface(json: &str) -> NetworkInterface {
         serde_json::from_str(json).unwrap()
     }
 
@@ -190,7 +203,7 @@ mod tests {
                 r#"{{"iface_id": "e", "host_dev_name": "t", "guest_mac": "{mac}"}}"#
             ));
             assert!(
-                matches!(validate_interface(&i), Err(NetConfigError::BadMac(..))),
+                matches!(validate_interface(&i), Err(NetError::BadMac(..))),
                 "{mac}"
             );
         }
@@ -198,12 +211,12 @@ mod tests {
             iface(r#"{"iface_id": "e", "host_dev_name": "t", "guest_mac": "01:00:5e:00:00:01"}"#);
         assert!(matches!(
             validate_interface(&i),
-            Err(NetConfigError::MulticastMac(..))
+            Err(NetError::MulticastMac(..))
         ));
         for tap in ["", "a/b", "sixteen-chars-xx", "a b"] {
             let i = iface(&format!(r#"{{"iface_id": "e", "host_dev_name": "{tap}"}}"#));
             assert!(
-                matches!(validate_interface(&i), Err(NetConfigError::BadTapName(..))),
+                matches!(validate_interface(&i), Err(NetError::BadTapName(..))),
                 "{tap}"
             );
         }
@@ -212,7 +225,7 @@ mod tests {
                 r#"{{"iface_id": "e", "host_dev_name": "t", "mtu": {mtu}}}"#
             ));
             assert!(
-                matches!(validate_interface(&i), Err(NetConfigError::BadMtu(..))),
+                matches!(validate_interface(&i), Err(NetError::BadMtu(..))),
                 "{mtu}"
             );
         }
@@ -221,7 +234,7 @@ mod tests {
         );
         assert!(matches!(
             validate_interface(&i),
-            Err(NetConfigError::Unsupported(..))
+            Err(NetError::Unsupported(..))
         ));
         let two = [
             iface(r#"{"iface_id": "a", "host_dev_name": "t"}"#),
@@ -229,7 +242,7 @@ mod tests {
         ];
         assert!(matches!(
             validate_interfaces(&two),
-            Err(NetConfigError::Duplicate("host_dev_name", _))
+            Err(NetError::Duplicate("host_dev_name", _))
         ));
     }
 }

@@ -1,10 +1,8 @@
 //! Builds a running microVM from validated resources: memory, kernel, boot structures,
 //! legacy devices on the port bus, vCPUs. Each step's failure is an error naming it.
 
-use crate::config::VmResources;
 use crate::console_input::ConsoleInput;
 use crate::device_manager::{DeviceManagerError, MmioDeviceManager};
-use crate::drive_config::{self, DriveSpec};
 use crate::event_loop::{self, ExitWatcher, GuestEnd, SubscriberOps};
 use crate::memory::{self, MemoryError};
 use crate::metrics::{CountingWriter, Sources};
@@ -17,11 +15,13 @@ use arch::{DeviceBus, DevicePlace};
 use devices::i8042::I8042;
 use devices::rtc::RtcDevice;
 use devices::serial::SerialDevice;
-use devices::virtio::block::{Block, DiskError, DiskFile, DiskSwap};
+use devices::virtio::block::{Block, CacheType, DiskError, DiskFile, DiskSwap};
 use devices::virtio::net::{Net, NetConfig, Tap, TapError};
 use devices::virtio::DevicePause;
 use devices::{Bus, BusError};
 use linux_loader::cmdline::Cmdline;
+use model::drive::{self as drive_config, DriveSpec};
+use model::VmResources;
 use std::fs::{File, OpenOptions};
 use std::io::{LineWriter, Write};
 use std::path::{Path, PathBuf};
@@ -157,14 +157,24 @@ fn serial_output(res: &VmResources) -> Result<Box<dyn Write + Send>, BuildError>
 }
 
 /// Opens every drive's file before any KVM work, so a bad path is reported first.
+/// The device's caching mode for the configuration's `cache_type`.
+pub fn cache_type(c: model::CacheType) -> CacheType {
+    match c {
+        model::CacheType::Unsafe => CacheType::Unsafe,
+        model::CacheType::Writeback => CacheType::Writeback,
+    }
+}
+
 fn open_drives(drives: &[DriveSpec]) -> Result<Vec<DiskFile>, BuildError> {
     drives
         .iter()
         .map(|d| {
-            DiskFile::open(&d.path, d.read_only, d.cache).map_err(|source| BuildError::Drive {
-                id: d.id.clone(),
-                path: d.path.clone(),
-                source,
+            DiskFile::open(&d.path, d.read_only, cache_type(d.cache)).map_err(|source| {
+                BuildError::Drive {
+                    id: d.id.clone(),
+                    path: d.path.clone(),
+                    source,
+                }
             })
         })
         .collect()

@@ -1,6 +1,6 @@
-//! The ember VMM: turns a validated VM description into a running KVM guest.
+//! The ember VMM: turns a validated VM description ([`model::VmResources`]) into a running
+//! KVM guest, and carries out the API's typed requests ([`rpc`]). It knows nothing of HTTP.
 //!
-//! - [`config`]: the Firecracker-format configuration file.
 //! - [`memory`]: guest RAM.
 //! - [`vstate`]: the KVM VM and vCPUs (run loop and exit routing).
 //! - [`builder`]: assembling and running a VM from a configuration.
@@ -10,16 +10,13 @@
 //! - [`metrics`]: Firecracker-style metrics lines.
 
 pub mod builder;
-pub mod config;
 pub mod console_input;
 pub mod device_manager;
-pub mod drive_config;
 pub mod event_loop;
 pub mod memory;
 pub mod metrics;
-pub mod net_config;
 pub mod rpc;
 pub mod vstate;
 
 pub use builder::{build, build_and_run, BuildError, RunOptions, Vmm};
-pub use config::{parse as parse_config, ConfigError, LoggerConfig, VmConfig, VmResources};
+pub use model::{ConfigError, VmConfig, VmResources};

@@ -1,14 +1,12 @@
-//! Metrics in Firecracker's shape: with a metrics path, one JSON object per line, written
-//! on `FlushMetrics` and every [`PERIOD`], each counter the change since the previous line
-//! (Firecracker's convention), grouped as Firecracker groups them: `api_server`,
-//! `block` (all drives) and `block_<id>`, `net` and `net_<id>`, `vcpu`, `uart`.
-//! The counters are exact: every byte and request the devices count is in some line.
+//! Metrics in Firecracker's shape ([`model::MetricsLine`]): with a metrics path, one JSON
+//! object per line, written on `FlushMetrics` and every [`PERIOD`], each counter the
+//! change since the previous line. The counters are exact: every byte and request the
+//! devices count is in some line.
 
 use crate::vstate::vcpu::VcpuControl;
-use api::server::ApiCounters;
 use devices::virtio::block::BlockCounters;
 use devices::virtio::net::NetCounters;
-use serde_json::{json, Map, Value};
+use model::metrics::{BlockMetrics, MetricsLine, NetMetrics, UartMetrics, VcpuMetrics};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
@@ -30,16 +28,23 @@ pub enum MetricsError {
     /// A line could not be written.
     #[error("cannot write metrics: {0}")]
     Write(std::io::Error),
+    /// A line could not be encoded.
+    #[error("cannot encode metrics: {0}")]
+    Encode(serde_json::Error),
     /// No metrics path is configured.
     #[error("no metrics path configured: PUT /metrics first")]
     NotConfigured,
 }
 
+/// Request counts by name (`put_drives`), from whoever serves the API; the VMM only
+/// reports them.
+pub type RequestCounts = Arc<dyn Fn() -> BTreeMap<String, u64> + Send + Sync>;
+
 /// Where the counters live.
 #[derive(Default, Clone)]
 pub struct Sources {
     /// API requests by method and path.
-    pub api: Option<Arc<ApiCounters>>,
+    pub api: Option<RequestCounts>,
     /// Per drive id.
     pub block: Vec<(String, Arc<BlockCounters>)>,
     /// Per interface id.
@@ -50,10 +55,10 @@ pub struct Sources {
     pub uart_out: Option<Arc<AtomicU64>>,
 }
 
-/// Writes metrics lines to a file (or FIFO), keeping the last values to report changes.
+/// Writes metrics lines to a file (or FIFO), keeping the last totals to report changes.
 pub struct MetricsWriter {
     file: File,
-    last: BTreeMap<String, u64>,
+    last: MetricsLine,
 }
 
 impl MetricsWriter {
@@ -66,32 +71,19 @@ impl MetricsWriter {
             .map_err(|e| MetricsError::Open(path.display().to_string(), e))?;
         Ok(MetricsWriter {
             file,
-            last: BTreeMap::new(),
+            last: MetricsLine::default(),
         })
     }
 
     /// Writes one line with the change of every counter since the last line.
     pub fn flush(&mut self, src: &Sources) -> Result<(), MetricsError> {
-        let now = read_all(src);
-        let mut groups: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-        for (key, value) in &now {
-            let (group, name) = key.split_once('.').unwrap_or(("other", key));
-            let before = self.last.get(key).copied().unwrap_or(0);
-            groups
-                .entry(group.to_string())
-                .or_default()
-                .insert(name.to_string(), json!(value.saturating_sub(before)));
-        }
+        let now = totals(src);
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
-        let mut line = Map::new();
-        line.insert("utc_timestamp_ms".into(), json!(ms));
-        for (g, m) in groups {
-            line.insert(g, Value::Object(m));
-        }
-        let mut text = Value::Object(line).to_string();
+        let mut text =
+            serde_json::to_string(&now.since(&self.last, ms)).map_err(MetricsError::Encode)?;
         text.push('\n');
         self.file
             .write_all(text.as_bytes())
@@ -105,61 +97,63 @@ fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
-/// Every counter as `group.name` -> total so far.
-fn read_all(src: &Sources) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    let mut add = |group: &str, name: &str, v: u64| {
-        *out.entry(format!("{group}.{name}")).or_insert(0) += v;
+/// Every counter's total so far.
+fn totals(src: &Sources) -> MetricsLine {
+    let mut line = MetricsLine {
+        api_server: src.api.as_ref().map(|api| {
+            api()
+                .into_iter()
+                .map(|(k, v)| (format!("{k}_count"), v))
+                .collect()
+        }),
+        ..Default::default()
     };
-    if let Some(api) = &src.api {
-        for (k, v) in api.snapshot() {
-            add("api_server", &format!("{k}_count"), v);
-        }
-    }
     for (id, c) in &src.block {
-        let fields = [
-            ("read_bytes", get(&c.read_bytes)),
-            ("write_bytes", get(&c.write_bytes)),
-            ("read_count", get(&c.read_count)),
-            ("write_count", get(&c.write_count)),
-            ("flush_count", get(&c.flush_count)),
-            ("io_errors", get(&c.io_errors)),
-            ("invalid_reqs_count", get(&c.invalid_requests)),
-        ];
-        for (name, v) in fields {
-            add("block", name, v);
-            add(&format!("block_{id}"), name, v);
-        }
+        let m = BlockMetrics {
+            read_bytes: get(&c.read_bytes),
+            write_bytes: get(&c.write_bytes),
+            read_count: get(&c.read_count),
+            write_count: get(&c.write_count),
+            flush_count: get(&c.flush_count),
+            io_errors: get(&c.io_errors),
+            invalid_reqs_count: get(&c.invalid_requests),
+        };
+        line.block.get_or_insert_with(Default::default).add(&m);
+        line.block_devices.entry(id.clone()).or_default().add(&m);
     }
     for (id, c) in &src.net {
-        let fields = [
-            ("rx_bytes_count", get(&c.rx_bytes)),
-            ("rx_packets_count", get(&c.rx_packets)),
-            ("rx_dropped", get(&c.rx_dropped)),
-            ("no_rx_avail_buffer", get(&c.rx_no_buffer)),
-            ("tx_bytes_count", get(&c.tx_bytes)),
-            ("tx_packets_count", get(&c.tx_packets)),
-            ("tx_dropped", get(&c.tx_dropped)),
-        ];
-        for (name, v) in fields {
-            add("net", name, v);
-            add(&format!("net_{id}"), name, v);
-        }
+        let m = NetMetrics {
+            rx_bytes_count: get(&c.rx_bytes),
+            rx_packets_count: get(&c.rx_packets),
+            rx_dropped: get(&c.rx_dropped),
+            no_rx_avail_buffer: get(&c.rx_no_buffer),
+            tx_bytes_count: get(&c.tx_bytes),
+            tx_packets_count: get(&c.tx_packets),
+            tx_dropped: get(&c.tx_dropped),
+        };
+        line.net.get_or_insert_with(Default::default).add(&m);
+        line.net_devices.entry(id.clone()).or_default().add(&m);
     }
     for v in &src.vcpus {
         let e = &v.exits;
-        add("vcpu", "exit_io_in", get(&e.exit_io_in));
-        add("vcpu", "exit_io_out", get(&e.exit_io_out));
-        add("vcpu", "exit_mmio_read", get(&e.exit_mmio_read));
-        add("vcpu", "exit_mmio_write", get(&e.exit_mmio_write));
-        add("vcpu", "exit_intr", get(&e.exit_intr));
-        add("vcpu", "failures", get(&e.failures));
-        add("vcpu", "cpu_time_us", v.cpu_time_us());
+        line.vcpu
+            .get_or_insert_with(Default::default)
+            .add(&VcpuMetrics {
+                exit_io_in: get(&e.exit_io_in),
+                exit_io_out: get(&e.exit_io_out),
+                exit_mmio_read: get(&e.exit_mmio_read),
+                exit_mmio_write: get(&e.exit_mmio_write),
+                exit_intr: get(&e.exit_intr),
+                failures: get(&e.failures),
+                cpu_time_us: v.cpu_time_us(),
+            });
     }
     if let Some(u) = &src.uart_out {
-        add("uart", "write_count", get(u));
+        line.uart = Some(UartMetrics {
+            write_count: get(u),
+        });
     }
-    out
+    line
 }
 
 /// A console writer that counts the bytes the guest writes.
@@ -205,7 +199,7 @@ mod tests {
         w.flush(&src).unwrap();
         let text = std::fs::read_to_string(&dir).unwrap();
         std::fs::remove_file(&dir).unwrap();
-        let lines: Vec<Value> = text
+        let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();

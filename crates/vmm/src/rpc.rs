@@ -1,26 +1,24 @@
-//! What the API's actions do: the pre-boot configuration (the same [`VmConfig`] a
-//! configuration file fills), starting the guest, and the runtime actions (pause,
-//! resume, metrics). The HTTP side lives in the `api` crate; this module only sees
-//! actions and answers.
+//! What the API's requests do: the pre-boot configuration (the same [`VmConfig`] a
+//! configuration file fills), starting the guest, and the runtime requests (pause,
+//! resume, drive swaps, metrics). Requests arrive typed ([`model::rpc::Request`]) and
+//! leave as typed data or a typed error; the HTTP side (status codes included) is the
+//! `api` crate's.
 
 use crate::builder::{self, BuildError, RunOptions, Runtime, Vmm};
-use crate::config::{
-    self, from_json, ConfigError, LoggerConfig, MachineConfig, MetricsConfig, VmConfig,
-};
-use crate::drive_config::DriveConfig;
-use crate::metrics::{MetricsWriter, Sources, PERIOD};
-use crate::net_config::NetworkInterfaceConfig;
+use crate::metrics::{MetricsError, MetricsWriter, RequestCounts, Sources, PERIOD};
 use crate::vstate::vcpu;
-use api::server::{ApiCounters, VmmLink};
-use api::{Action, Response};
 use devices::virtio::block::DiskFile;
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use serde::Deserialize;
-use serde_json::json;
+use model::rpc::{Answer, Outcome, Request, RequestError};
+use model::{
+    drive, net, ActionType, InstanceInfo, InstanceState, Logger, MachineConfig, Version, VmConfig,
+    VmResources, VmState,
+};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::Duration;
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 /// Most time a pause may take before it is reported as failed.
@@ -37,97 +35,48 @@ fn resume(rt: &Runtime) {
 }
 
 /// Applies a `logger` configuration (ember's logger lives in the binary).
-pub type LoggerHook = Box<dyn FnMut(&LoggerConfig) -> Result<(), String> + Send>;
+pub type LoggerHook = Box<dyn FnMut(&Logger) -> Result<(), String> + Send>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    NotStarted,
-    Running,
-    Paused,
+/// The VMM's end of the API: requests in, one outcome out per request, and an eventfd
+/// readable while requests wait (so the event loop can watch it).
+pub struct RequestLink {
+    /// Requests, in order.
+    pub requests: Receiver<Request>,
+    /// Outcomes, one per request, in the same order.
+    pub answers: Sender<Outcome>,
+    /// Readable while a request waits.
+    pub wake: EventFd,
 }
 
-impl State {
-    fn name(self) -> &'static str {
-        match self {
-            State::NotStarted => "Not started",
-            State::Running => "Running",
-            State::Paused => "Paused",
-        }
-    }
-}
-
-/// What handling an action led to.
-pub enum Outcome {
+/// What handling a request led to.
+pub enum Handled {
     /// Answer the client.
-    Answer(Response),
+    Answer(Outcome),
     /// `InstanceStart` with a valid configuration: build the VM, then answer.
-    Start(config::VmResources),
+    Start(Box<VmResources>),
 }
 
 /// The per-VM state behind the API.
 pub struct Controller {
     id: String,
     config: VmConfig,
-    state: State,
+    state: InstanceState,
     runtime: Option<Runtime>,
     metrics: Option<MetricsWriter>,
-    api_counters: Option<Arc<ApiCounters>>,
+    api_counters: Option<RequestCounts>,
     logger: LoggerHook,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ActionBody {
-    action_type: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DrivePatch {
-    drive_id: String,
-    #[serde(default)]
-    path_on_host: Option<String>,
-    #[serde(default)]
-    rate_limiter: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VmStateBody {
-    state: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MachinePatch {
-    vcpu_count: Option<u64>,
-    mem_size_mib: Option<u64>,
-    smt: Option<bool>,
-    track_dirty_pages: Option<bool>,
-    huge_pages: Option<config::HugePages>,
-    cpu_template: Option<String>,
-}
-
-fn bad(e: impl std::fmt::Display) -> Response {
-    Response::fault(400, e.to_string())
-}
-
-fn body_or_empty_error(body: &[u8]) -> Result<&[u8], Response> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        Err(bad("the request needs a JSON body"))
-    } else {
-        Ok(body)
-    }
-}
-
 /// The id in a request's path must be the body's.
-fn same_id(kind: &str, path_id: &str, body_id: &str) -> Result<(), Response> {
+fn same_id(kind: &'static str, path_id: &str, body_id: &str) -> Result<(), RequestError> {
     if path_id == body_id {
         Ok(())
     } else {
-        Err(bad(format!(
-            "the {kind} id in the path ({path_id:?}) does not match the one in the body ({body_id:?})"
-        )))
+        Err(RequestError::IdMismatch {
+            kind,
+            path: path_id.to_string(),
+            body: body_id.to_string(),
+        })
     }
 }
 
@@ -136,10 +85,10 @@ fn same_id(kind: &str, path_id: &str, body_id: &str) -> Result<(), Response> {
 fn upsert<T: Clone>(
     list: &[T],
     item: T,
-    kind: &str,
+    kind: &'static str,
     path_id: &str,
     id_of: impl Fn(&T) -> &String,
-) -> Result<Vec<T>, Response> {
+) -> Result<Vec<T>, RequestError> {
     let id = id_of(&item).clone();
     same_id(kind, path_id, &id)?;
     let mut out = list.to_vec();
@@ -150,8 +99,16 @@ fn upsert<T: Clone>(
     Ok(out)
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    from_json(body_or_empty_error(body)?).map_err(bad)
+impl From<MetricsError> for RequestError {
+    fn from(e: MetricsError) -> Self {
+        RequestError::Invalid(e.to_string())
+    }
+}
+
+impl From<BuildError> for RequestError {
+    fn from(e: BuildError) -> Self {
+        RequestError::Start(e.to_string())
+    }
 }
 
 impl Controller {
@@ -161,7 +118,7 @@ impl Controller {
         Controller {
             id: id.to_string(),
             config,
-            state: State::NotStarted,
+            state: InstanceState::NotStarted,
             runtime: None,
             metrics: None,
             api_counters: None,
@@ -170,7 +127,7 @@ impl Controller {
     }
 
     /// The API's request counters, reported in the metrics.
-    pub fn set_api_counters(&mut self, c: Arc<ApiCounters>) {
+    pub fn set_api_counters(&mut self, c: RequestCounts) {
         self.api_counters = Some(c);
     }
 
@@ -192,7 +149,7 @@ impl Controller {
     /// Records that the guest runs, with the handles of its VM.
     pub fn started(&mut self, rt: Runtime) {
         self.runtime = Some(rt);
-        self.state = State::Running;
+        self.state = InstanceState::Running;
     }
 
     fn sources(&self) -> Sources {
@@ -206,286 +163,231 @@ impl Controller {
     }
 
     /// Writes a metrics line, if a metrics path is configured.
-    pub fn flush_metrics(&mut self) -> Result<(), String> {
+    pub fn flush_metrics(&mut self) -> Result<(), MetricsError> {
         let src = self.sources();
         match self.metrics.as_mut() {
-            Some(m) => m.flush(&src).map_err(|e| e.to_string()),
+            Some(m) => m.flush(&src),
             None => Ok(()),
         }
     }
 
-    fn pre_boot(&self, what: &str) -> Result<(), Response> {
-        if self.state == State::NotStarted {
+    fn pre_boot(&self, what: &'static str) -> Result<(), RequestError> {
+        if self.state == InstanceState::NotStarted {
             Ok(())
         } else {
-            Err(bad(format!(
-                "{what} is a pre-boot resource: it cannot be changed after the guest has started"
-            )))
+            Err(RequestError::PreBoot(what))
         }
     }
 
-    /// Handles one action.
-    pub fn handle(&mut self, action: Action) -> Outcome {
-        match self.dispatch(action) {
-            Ok(o) => o,
-            Err(r) => Outcome::Answer(r),
+    fn running(&self, what: &str) -> Result<&Runtime, RequestError> {
+        self.runtime
+            .as_ref()
+            .ok_or_else(|| RequestError::NotStarted(what.to_string()))
+    }
+
+    /// Handles one request.
+    pub fn handle(&mut self, request: Request) -> Handled {
+        match self.dispatch(request) {
+            Ok(h) => h,
+            Err(e) => Handled::Answer(Err(e)),
         }
     }
 
-    fn dispatch(&mut self, action: Action) -> Result<Outcome, Response> {
-        let ok = || Ok(Outcome::Answer(Response::no_content()));
-        match action {
-            Action::GetInstanceInfo => Ok(Outcome::Answer(Response::json(&json!({
-                "id": self.id,
-                "state": self.state.name(),
-                "vmm_version": env!("CARGO_PKG_VERSION"),
-                "app_name": "Ember",
-            })))),
-            Action::GetVersion => Ok(Outcome::Answer(Response::json(&json!({
-                "firecracker_version": env!("CARGO_PKG_VERSION"),
-            })))),
-            Action::GetVmConfig => {
-                let v = serde_json::to_value(&self.config)
-                    .map_err(|e| Response::fault(500, e.to_string()))?;
-                Ok(Outcome::Answer(Response::json(&v)))
-            }
-            Action::GetMachineConfig => {
-                let m = self.machine();
-                let v =
-                    serde_json::to_value(&m).map_err(|e| Response::fault(500, e.to_string()))?;
-                Ok(Outcome::Answer(Response::json(&v)))
-            }
-            Action::PutBootSource(body) => {
+    fn dispatch(&mut self, request: Request) -> Result<Handled, RequestError> {
+        let done = |a: Answer| Ok(Handled::Answer(Ok(a)));
+        match request {
+            Request::GetInstanceInfo => done(Answer::InstanceInfo(InstanceInfo {
+                id: self.id.clone(),
+                state: self.state,
+                vmm_version: env!("CARGO_PKG_VERSION").to_string(),
+                app_name: "Ember".to_string(),
+            })),
+            Request::GetVersion => done(Answer::Version(Version {
+                firecracker_version: env!("CARGO_PKG_VERSION").to_string(),
+            })),
+            Request::GetVmConfig => done(Answer::VmConfig(Box::new(self.config.clone()))),
+            Request::GetMachineConfig => done(Answer::MachineConfig(self.config.machine())),
+            Request::PutBootSource(b) => {
                 self.pre_boot("boot-source")?;
-                let b: config::BootSourceConfig = parse(&body)?;
                 if b.kernel_image_path.is_empty() {
-                    return Err(bad(ConfigError::EmptyKernelPath));
+                    return Err(model::ConfigError::EmptyKernelPath.into());
                 }
                 self.config.boot_source = Some(b);
-                ok()
+                done(Answer::Empty)
             }
-            Action::PutMachineConfig(body) => {
+            Request::PutMachineConfig(m) => {
                 self.pre_boot("machine-config")?;
-                let m: MachineConfig = parse(&body)?;
-                config::validate_machine(&m).map_err(bad)?;
-                self.config.machine_config = Some(m);
-                ok()
+                self.set_machine(m)
             }
-            Action::PatchMachineConfig(body) => {
+            Request::PatchMachineConfig(p) => {
                 self.pre_boot("machine-config")?;
-                let p: MachinePatch = parse(&body)?;
-                let mut m = self.machine();
-                if let Some(v) = p.vcpu_count {
-                    m.vcpu_count = v;
-                }
-                if let Some(v) = p.mem_size_mib {
-                    m.mem_size_mib = v;
-                }
-                if let Some(v) = p.smt {
-                    m.smt = v;
-                }
-                if let Some(v) = p.track_dirty_pages {
-                    m.track_dirty_pages = v;
-                }
-                if let Some(v) = p.huge_pages {
-                    m.huge_pages = v;
-                }
-                if p.cpu_template.is_some() {
-                    m.cpu_template = p.cpu_template;
-                }
-                config::validate_machine(&m).map_err(bad)?;
-                self.config.machine_config = Some(m);
-                ok()
+                let m = self.config.machine().patched(p);
+                self.set_machine(m)
             }
-            Action::PutDrive(id, body) => {
+            Request::PutDrive(id, d) => {
                 self.pre_boot("a drive")?;
-                let d: DriveConfig = parse(&body)?;
                 let drives = upsert(&self.config.drives, d, "drive", &id, |x| &x.drive_id)?;
-                crate::drive_config::validate_drives(&drives).map_err(bad)?;
+                drive::validate_drives(&drives).map_err(model::ConfigError::from)?;
                 self.config.drives = drives;
-                ok()
+                done(Answer::Empty)
             }
-            Action::PatchDrive(id, body) => {
-                let p: DrivePatch = parse(&body)?;
+            Request::PatchDrive(id, p) => {
                 same_id("drive", &id, &p.drive_id)?;
                 if p.rate_limiter.is_some() {
-                    return Err(bad("drives: rate_limiter is not supported by ember"));
-                }
-                let Some(rt) = self.runtime.as_ref() else {
-                    return Err(bad(
-                        "PATCH /drives is for a running guest; before InstanceStart use PUT",
+                    return Err(RequestError::Unsupported(
+                        "drives: rate_limiter is not supported by ember".into(),
                     ));
-                };
+                }
+                let rt = self.running(
+                    "PATCH /drives is for a running guest; before InstanceStart use PUT",
+                )?;
                 let Some((spec, swap)) = rt.drives.iter().find(|(d, _)| d.id == id) else {
-                    return Err(bad(format!("no drive with id {id:?}")));
+                    return Err(RequestError::NoSuchDrive(id));
                 };
                 let Some(path) = p.path_on_host else {
-                    return ok();
+                    return done(Answer::Empty);
                 };
-                let disk = DiskFile::open(std::path::Path::new(&path), spec.read_only, spec.cache)
-                    .map_err(|e| bad(format!("drive {id:?} ({path}): {e}")))?;
+                let disk = DiskFile::open(
+                    std::path::Path::new(&path),
+                    spec.read_only,
+                    builder::cache_type(spec.cache),
+                )
+                .map_err(|e| RequestError::Invalid(format!("drive {id:?} ({path}): {e}")))?;
                 swap.request(disk)
-                    .map_err(|e| Response::fault(500, format!("drive {id:?}: {e}")))?;
+                    .map_err(|e| RequestError::Internal(format!("drive {id:?}: {e}")))?;
                 if let Some(d) = self.config.drives.iter_mut().find(|d| d.drive_id == id) {
                     d.path_on_host = Some(path);
                 }
-                ok()
+                done(Answer::Empty)
             }
-            Action::PutNetworkInterface(id, body) => {
+            Request::PutNetworkInterface(id, n) => {
                 self.pre_boot("a network interface")?;
-                let n: NetworkInterfaceConfig = parse(&body)?;
                 let ifaces = upsert(&self.config.network_interfaces, n, "interface", &id, |x| {
                     &x.iface_id
                 })?;
-                crate::net_config::validate_interfaces(&ifaces).map_err(bad)?;
+                net::validate_interfaces(&ifaces).map_err(model::ConfigError::from)?;
                 self.config.network_interfaces = ifaces;
-                ok()
+                done(Answer::Empty)
             }
-            Action::PatchNetworkInterface(id, _) => Err(bad(format!(
+            Request::PatchNetworkInterface(id, _) => Err(RequestError::Unsupported(format!(
                 "PATCH /network-interfaces/{id}: rate limiters are not supported by ember"
             ))),
-            Action::PutLogger(body) => {
+            Request::PutLogger(l) => {
                 self.pre_boot("logger")?;
-                let l: LoggerConfig = parse(&body)?;
-                (self.logger)(&l).map_err(bad)?;
+                (self.logger)(&l).map_err(RequestError::Invalid)?;
                 self.config.logger = Some(l);
-                ok()
+                done(Answer::Empty)
             }
-            Action::PutMetrics(body) => {
+            Request::PutMetrics(m) => {
                 self.pre_boot("metrics")?;
-                let m: MetricsConfig = parse(&body)?;
-                let w = MetricsWriter::open(std::path::Path::new(&m.metrics_path)).map_err(bad)?;
+                let w = MetricsWriter::open(std::path::Path::new(&m.metrics_path))?;
                 self.metrics = Some(w);
                 self.config.metrics = Some(m);
-                ok()
+                done(Answer::Empty)
             }
-            Action::PutActions(body) => {
-                let a: ActionBody = parse(&body)?;
-                match a.action_type.as_str() {
-                    "InstanceStart" => {
-                        self.pre_boot("InstanceStart")
-                            .map_err(|_| bad("the guest has already been started"))?;
-                        let res = self.config.validate().map_err(bad)?;
-                        Ok(Outcome::Start(res))
-                    }
-                    "FlushMetrics" => {
-                        if self.metrics.is_none() {
-                            return Err(bad(crate::metrics::MetricsError::NotConfigured));
-                        }
-                        self.flush_metrics().map_err(bad)?;
-                        ok()
-                    }
-                    "SendCtrlAltDel" => {
-                        let Some(rt) = self.runtime.as_ref() else {
-                            return Err(bad("SendCtrlAltDel: the guest has not been started"));
-                        };
-                        let Some(i8042) = rt.i8042.as_ref() else {
-                            return Err(bad(
-                                "SendCtrlAltDel: this machine has no keyboard controller (x86_64 only)",
-                            ));
-                        };
-                        i8042
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .ctrl_alt_del()
-                            .map_err(|e| bad(format!("SendCtrlAltDel: {e}")))?;
-                        ok()
-                    }
-                    other => Err(bad(format!(
-                        "unknown action_type {:?}: expected InstanceStart, SendCtrlAltDel or FlushMetrics",
-                        api::http::printable(other)
-                    ))),
+            Request::Action(ActionType::InstanceStart) => {
+                if self.state != InstanceState::NotStarted {
+                    return Err(RequestError::AlreadyStarted);
                 }
+                Ok(Handled::Start(Box::new(self.config.validate()?)))
             }
-            Action::PatchVm(body) => {
-                let v: VmStateBody = parse(&body)?;
-                let Some(rt) = self.runtime.as_ref() else {
-                    return Err(bad("the guest has not been started"));
+            Request::Action(ActionType::FlushMetrics) => {
+                if self.metrics.is_none() {
+                    return Err(MetricsError::NotConfigured.into());
+                }
+                self.flush_metrics()?;
+                done(Answer::Empty)
+            }
+            Request::Action(ActionType::SendCtrlAltDel) => {
+                let rt = self.running("SendCtrlAltDel: the guest has not been started")?;
+                let Some(i8042) = rt.i8042.as_ref() else {
+                    return Err(RequestError::Invalid(
+                        "SendCtrlAltDel: this machine has no keyboard controller (x86_64 only)"
+                            .into(),
+                    ));
                 };
-                match v.state.as_str() {
-                    "Paused" => {
-                        if self.state != State::Paused {
+                i8042
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .ctrl_alt_del()
+                    .map_err(|e| RequestError::Invalid(format!("SendCtrlAltDel: {e}")))?;
+                done(Answer::Empty)
+            }
+            Request::SetVmState(state) => {
+                let rt = self.running("the guest has not been started")?;
+                match state {
+                    VmState::Paused => {
+                        if self.state != InstanceState::Paused {
                             vcpu::pause_all(&rt.vcpus, PAUSE_WITHIN).map_err(|e| {
                                 vcpu::resume_all(&rt.vcpus);
-                                Response::fault(500, e)
+                                RequestError::Internal(e)
                             })?;
                             // With the vCPUs stopped no new request arrives; each device
                             // finishes the one it is on and parks.
                             if !rt.devices.iter().all(|d| d.pause(DEVICE_PAUSE_WITHIN)) {
                                 resume(rt);
-                                return Err(Response::fault(
-                                    500,
-                                    "a device did not stop within 1 s; the VM keeps running",
+                                return Err(RequestError::Internal(
+                                    "a device did not stop within 1 s; the VM keeps running".into(),
                                 ));
                             }
-                            self.state = State::Paused;
+                            self.state = InstanceState::Paused;
                         }
-                        ok()
                     }
-                    "Resumed" => {
+                    VmState::Resumed => {
                         resume(rt);
-                        self.state = State::Running;
-                        ok()
+                        self.state = InstanceState::Running;
                     }
-                    other => Err(bad(format!(
-                        "unknown vm state {:?}: expected Paused or Resumed",
-                        api::http::printable(other)
-                    ))),
                 }
+                done(Answer::Empty)
             }
         }
     }
 
-    fn machine(&self) -> MachineConfig {
-        self.config.machine_config.clone().unwrap_or(MachineConfig {
-            vcpu_count: u64::from(config::DEFAULT_VCPUS),
-            mem_size_mib: config::DEFAULT_MEM_MIB,
-            smt: false,
-            track_dirty_pages: false,
-            huge_pages: config::HugePages::None,
-            cpu_template: None,
-        })
+    fn set_machine(&mut self, m: MachineConfig) -> Result<Handled, RequestError> {
+        m.validate().map_err(model::ConfigError::from)?;
+        self.config.machine_config = Some(m);
+        Ok(Handled::Answer(Ok(Answer::Empty)))
     }
 }
 
-/// Serves the API before start: answers actions on this thread until `InstanceStart`
+/// Serves the API before start: answers requests on this thread until `InstanceStart`
 /// builds the VM (or the API thread is gone). Returns the running VM.
 pub fn serve_until_started(
     ctl: &mut Controller,
-    link: &VmmLink,
+    link: &RequestLink,
     opts: &mut RunOptions,
 ) -> Result<Vmm, BuildError> {
     loop {
-        let Ok(action) = link.requests.recv() else {
+        let Ok(request) = link.requests.recv() else {
             return Err(BuildError::EventLoop("the API server stopped".into()));
         };
         let _ = link.wake.read();
-        let answer = match ctl.handle(action) {
-            Outcome::Answer(r) => r,
-            Outcome::Start(res) => match builder::build(&res, opts) {
+        let outcome = match ctl.handle(request) {
+            Handled::Answer(o) => o,
+            Handled::Start(res) => match builder::build(&res, opts) {
                 Ok(vmm) => {
                     ctl.started(vmm.runtime());
-                    let _ = link.answers.send(Response::no_content());
+                    let _ = link.answers.send(Ok(Answer::Empty));
                     return Ok(vmm);
                 }
-                Err(e) => bad(format!("cannot start the guest: {e}")),
+                Err(e) => Err(e.into()),
             },
         };
-        let _ = link.answers.send(answer);
+        let _ = link.answers.send(outcome);
     }
 }
 
-/// The API after start, on the VMM thread's event loop: actions, and the periodic
+/// The API after start, on the VMM thread's event loop: requests, and the periodic
 /// metrics line.
 pub struct ApiSubscriber {
     ctl: Controller,
-    link: Option<VmmLink>,
+    link: Option<RequestLink>,
     timer: Option<TimerFd>,
 }
 
 impl ApiSubscriber {
     /// Serves `link` (if there is an API) with `ctl` once the guest runs.
-    pub fn new(ctl: Controller, link: Option<VmmLink>) -> Self {
+    pub fn new(ctl: Controller, link: Option<RequestLink>) -> Self {
         let timer = TimerFd::new().ok().and_then(|mut t| {
             t.reset(PERIOD, Some(PERIOD)).ok()?;
             Some(t)
@@ -515,12 +417,12 @@ impl MutEventSubscriber for ApiSubscriber {
         }
         let Some(link) = &self.link else { return };
         let _ = link.wake.read();
-        while let Ok(action) = link.requests.try_recv() {
-            let answer = match self.ctl.handle(action) {
-                Outcome::Answer(r) => r,
-                Outcome::Start(_) => bad("the guest has already been started"),
+        while let Ok(request) = link.requests.try_recv() {
+            let outcome = match self.ctl.handle(request) {
+                Handled::Answer(o) => o,
+                Handled::Start(_) => Err(RequestError::AlreadyStarted),
             };
-            let _ = link.answers.send(answer);
+            let _ = link.answers.send(outcome);
         }
     }
 

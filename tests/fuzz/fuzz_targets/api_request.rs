@@ -1,12 +1,14 @@
-//! The API's request path on arbitrary client bytes: HTTP framing, routing, then the
-//! pre-boot actions' JSON handling. It must never panic or hang; every answer must be a
+//! The API's request path on arbitrary client bytes: HTTP framing, routing and body
+//! parsing into typed requests, then the VMM's pre-boot handling of them. It must never panic or hang; every answer must be a
 //! well-formed response whose error body is Firecracker's `fault_message` object.
 #![no_main]
 
-use api::routes::{route, Action, ParsedRequest};
+use api::routes::{route, ParsedRequest};
+use api::server::to_response;
 use api::Response;
 use libfuzzer_sys::fuzz_target;
-use vmm::rpc::{Controller, Outcome};
+use model::rpc::Request;
+use vmm::rpc::{Controller, Handled};
 
 fn check(r: &Response) {
     let bytes = r.to_bytes(false);
@@ -29,10 +31,10 @@ fuzz_target!(|data: &[u8]| {
                 match route(req) {
                     ParsedRequest::Answer(r) => check(&r),
                     // These open files named by the input: not for a fuzzer.
-                    ParsedRequest::Vmm(Action::PutMetrics(_) | Action::PutLogger(_)) => {}
+                    ParsedRequest::Vmm(Request::PutMetrics(_) | Request::PutLogger(_)) => {}
                     ParsedRequest::Vmm(a) => match ctl.handle(a) {
-                        Outcome::Answer(r) => check(&r),
-                        Outcome::Start(_) => {}
+                        Handled::Answer(o) => check(&to_response(o)),
+                        Handled::Start(_) => {}
                     },
                 }
             }

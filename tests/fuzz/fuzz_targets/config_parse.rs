@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    if let Err(e) = vmm::config::parse(&text) {
+    if let Err(e) = model::config::parse(&text) {
         let msg = e.to_string();
         assert!(
             !msg.contains('\n') && !msg.contains('\r'),
