@@ -2,15 +2,16 @@
 //! acknowledges, plus the eventfd that raises the guest interrupt (a KVM irqfd).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use virtio_bindings::virtio_mmio;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Why the device interrupts (bits of the InterruptStatus register).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InterruptKind {
     /// Buffers were returned on a used ring.
-    Vring = 1,
+    Vring = virtio_mmio::VIRTIO_MMIO_INT_VRING as isize,
     /// The configuration space (or the device status) changed.
-    Config = 2,
+    Config = virtio_mmio::VIRTIO_MMIO_INT_CONFIG as isize,
 }
 
 /// Shared between a transport (which reads and acknowledges the status) and a device

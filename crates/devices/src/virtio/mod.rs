@@ -23,6 +23,7 @@ pub use pause::DevicePause;
 
 use std::sync::Arc;
 use thiserror::Error;
+use virtio_bindings::{virtio_config, virtio_ids, virtio_ring};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -31,31 +32,49 @@ use vmm_sys_util::eventfd::EventFd;
 pub type GuestMemory = Arc<GuestMemoryMmap>;
 
 /// Virtio device type of a block device (virtio 1.2, section 5).
-pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_BLOCK: u32 = virtio_ids::VIRTIO_ID_BLOCK;
 /// Virtio device type of a network device.
-pub const TYPE_NET: u32 = 1;
+pub const TYPE_NET: u32 = virtio_ids::VIRTIO_ID_NET;
 
 /// Feature bit: the device conforms to virtio 1.x (the only mode we offer).
-pub const F_VERSION_1: u32 = 32;
+pub const F_VERSION_1: u32 = virtio_config::VIRTIO_F_VERSION_1;
 /// Feature bit: the driver may use indirect descriptor tables.
-pub const F_INDIRECT_DESC: u32 = 28;
+pub const F_INDIRECT_DESC: u32 = virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 /// Feature bit: used/avail event indices suppress notifications and interrupts.
-pub const F_EVENT_IDX: u32 = 29;
+pub const F_EVENT_IDX: u32 = virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// Device status bits (virtio 1.2, 2.1).
 pub mod status {
+    use virtio_bindings::virtio_config as c;
     /// The guest noticed the device.
-    pub const ACKNOWLEDGE: u32 = 1;
+    pub const ACKNOWLEDGE: u32 = c::VIRTIO_CONFIG_S_ACKNOWLEDGE;
     /// The guest has a driver for it.
-    pub const DRIVER: u32 = 2;
+    pub const DRIVER: u32 = c::VIRTIO_CONFIG_S_DRIVER;
     /// The driver is ready: queues may be used.
-    pub const DRIVER_OK: u32 = 4;
+    pub const DRIVER_OK: u32 = c::VIRTIO_CONFIG_S_DRIVER_OK;
     /// Feature negotiation is complete.
-    pub const FEATURES_OK: u32 = 8;
+    pub const FEATURES_OK: u32 = c::VIRTIO_CONFIG_S_FEATURES_OK;
     /// The device hit an error it cannot recover from without a reset.
-    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    pub const DEVICE_NEEDS_RESET: u32 = c::VIRTIO_CONFIG_S_NEEDS_RESET;
     /// The driver gave up on the device.
-    pub const FAILED: u32 = 0x80;
+    pub const FAILED: u32 = c::VIRTIO_CONFIG_S_FAILED;
+}
+
+/// `v` as a byte, for virtio-bindings' values (all `u32`) that fill a one-byte field;
+/// a value that does not fit fails the build, where this is used in a `const`.
+pub(crate) const fn u8_of(v: u32) -> u8 {
+    assert!(v <= u8::MAX as u32, "value does not fit in a byte");
+    #[allow(clippy::cast_possible_truncation, reason = "checked just above")]
+    let b = v as u8;
+    b
+}
+
+/// `v` as a u16, for virtio-bindings' values that fill a two-byte field; as [`u8_of`].
+pub(crate) const fn u16_of(v: u32) -> u16 {
+    assert!(v <= u16::MAX as u32, "value does not fit in 16 bits");
+    #[allow(clippy::cast_possible_truncation, reason = "checked just above")]
+    let h = v as u16;
+    h
 }
 
 /// Why a device could not start.

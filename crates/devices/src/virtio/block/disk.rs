@@ -7,6 +7,10 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use thiserror::Error;
+use vmm_sys_util::ioctl_ior_nr;
+
+// linux/fs.h: BLKGETSIZE64 is _IOR(0x12, 114, size_t).
+ioctl_ior_nr!(BLKGETSIZE64, 0x12, 114, libc::size_t);
 
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
@@ -173,10 +177,8 @@ impl DiskFile {
 
 fn block_device_size(file: &File) -> io::Result<u64> {
     let mut size: u64 = 0;
-    // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
-    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
     // SAFETY: the ioctl writes one u64 into `size`, which lives across the call.
-    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64(), &mut size as *mut u64) };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -243,4 +245,12 @@ unsafe fn transfer(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn blkgetsize64_is_the_kernels() {
+        assert_eq!(super::BLKGETSIZE64(), 0x8008_1272);
+    }
 }

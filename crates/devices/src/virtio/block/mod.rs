@@ -14,15 +14,17 @@ use super::{
     read_config_bytes, ActivateError, Activation, DevicePause, DeviceThread, VirtioDevice,
     F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, TYPE_BLOCK,
 };
+use std::mem::offset_of;
 use std::sync::Arc;
+use virtio_bindings::virtio_blk::{self, virtio_blk_config};
 use worker::RequestHandler;
 
 /// Feature: `seg_max` in the configuration space is valid.
-pub const F_SEG_MAX: u32 = 2;
+pub const F_SEG_MAX: u32 = virtio_blk::VIRTIO_BLK_F_SEG_MAX;
 /// Feature: the device is read-only.
-pub const F_RO: u32 = 5;
+pub const F_RO: u32 = virtio_blk::VIRTIO_BLK_F_RO;
 /// Feature: the device has a volatile write cache and takes flush requests.
-pub const F_FLUSH: u32 = 9;
+pub const F_FLUSH: u32 = virtio_blk::VIRTIO_BLK_F_FLUSH;
 
 /// Queue size offered to the driver.
 pub const QUEUE_SIZE: u16 = 256;
@@ -30,7 +32,9 @@ pub const QUEUE_SIZE: u16 = 256;
 const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// virtio_blk_config up to and including `blk_size` (capacity, size_max, seg_max,
 /// geometry, blk_size).
-const CONFIG_LEN: usize = 24;
+const CONFIG_LEN: usize = offset_of!(virtio_blk_config, blk_size) + 4;
+const CAPACITY: usize = offset_of!(virtio_blk_config, capacity);
+const SEG_MAX_AT: usize = offset_of!(virtio_blk_config, seg_max);
 
 /// A virtio-blk device.
 pub struct Block {
@@ -58,8 +62,9 @@ impl Block {
             features |= 1 << F_FLUSH;
         }
         let mut config = [0u8; CONFIG_LEN];
-        config[0..8].copy_from_slice(&(disk.size() / disk::SECTOR_SIZE).to_le_bytes());
-        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        config[CAPACITY..CAPACITY + 8]
+            .copy_from_slice(&(disk.size() / disk::SECTOR_SIZE).to_le_bytes());
+        config[SEG_MAX_AT..SEG_MAX_AT + 4].copy_from_slice(&SEG_MAX.to_le_bytes());
         let counters = Arc::new(BlockCounters::default());
         let swap = Arc::new(DiskSwap::new(disk.size() / disk::SECTOR_SIZE)?);
         Ok(Self {
@@ -112,7 +117,7 @@ impl VirtioDevice for Block {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let mut config = self.config;
         // The capacity follows a swapped backing file.
-        config[0..8].copy_from_slice(&self.swap.sectors().to_le_bytes());
+        config[CAPACITY..CAPACITY + 8].copy_from_slice(&self.swap.sectors().to_le_bytes());
         read_config_bytes(&config, offset, data);
     }
 

@@ -6,30 +6,33 @@
 //! descriptors is not fixed, so the parser works on byte ranges, not on descriptor counts.
 
 use super::disk::SECTOR_SIZE;
+use crate::virtio::u8_of;
 use thiserror::Error;
+use virtio_bindings::virtio_blk;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Read sectors into the driver's buffers.
-pub const T_IN: u32 = 0;
+pub const T_IN: u32 = virtio_blk::VIRTIO_BLK_T_IN;
 /// Write the driver's buffers to sectors.
-pub const T_OUT: u32 = 1;
+pub const T_OUT: u32 = virtio_blk::VIRTIO_BLK_T_OUT;
 /// Make completed writes durable.
-pub const T_FLUSH: u32 = 4;
+pub const T_FLUSH: u32 = virtio_blk::VIRTIO_BLK_T_FLUSH;
 /// Report the device id string.
-pub const T_GET_ID: u32 = 8;
+pub const T_GET_ID: u32 = virtio_blk::VIRTIO_BLK_T_GET_ID;
 
 /// Status: success.
-pub const S_OK: u8 = 0;
+pub const S_OK: u8 = u8_of(virtio_blk::VIRTIO_BLK_S_OK);
 /// Status: the request failed.
-pub const S_IOERR: u8 = 1;
+pub const S_IOERR: u8 = u8_of(virtio_blk::VIRTIO_BLK_S_IOERR);
 /// Status: the request type is not supported.
-pub const S_UNSUPP: u8 = 2;
+pub const S_UNSUPP: u8 = u8_of(virtio_blk::VIRTIO_BLK_S_UNSUPP);
 
 /// Length of the device id a get-id request returns.
-pub const ID_BYTES: usize = 20;
+pub const ID_BYTES: usize = virtio_blk::VIRTIO_BLK_ID_BYTES as usize;
 
-const HEADER_LEN: u64 = 16;
+/// The request header (type, ioprio, sector).
+const HEADER_LEN: u64 = std::mem::size_of::<virtio_blk::virtio_blk_outhdr>() as u64;
 
 /// What the driver asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,12 +7,17 @@
 
 use super::tap::VNET_HDR_LEN;
 use std::io;
+use std::mem::offset_of;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
+use virtio_bindings::virtio_net::virtio_net_hdr_v1;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+/// Where the header says how many buffers a merged frame spans.
+const NUM_BUFFERS_AT: usize = offset_of!(virtio_net_hdr_v1, num_buffers);
 
 /// Largest frame with its header: a 64 KiB GSO packet plus the Ethernet and virtio-net
 /// headers.
@@ -254,7 +259,7 @@ impl<T: FrameIo> Engine<T> {
             return Ok(true);
         }
         let num_buffers = chains.len() as u16;
-        self.frame[10..12].copy_from_slice(&num_buffers.to_le_bytes());
+        self.frame[NUM_BUFFERS_AT..NUM_BUFFERS_AT + 2].copy_from_slice(&num_buffers.to_le_bytes());
         let mut off = 0usize;
         let mut used = Vec::with_capacity(chains.len());
         for RxChain { head, segs } in &chains {

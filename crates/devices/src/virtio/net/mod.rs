@@ -9,45 +9,52 @@ pub use tap::{Tap, TapError};
 
 use super::event_loop::{DeviceEvents, EventLoopError, Flow};
 use super::{
-    read_config_bytes, ActivateError, Activation, DevicePause, DeviceThread, Interrupt,
+    read_config_bytes, u16_of, ActivateError, Activation, DevicePause, DeviceThread, Interrupt,
     VirtioDevice, F_EVENT_IDX, F_VERSION_1, TYPE_NET,
 };
 use engine::{Engine, RxState, TxState};
+use std::mem::offset_of;
 use std::sync::Arc;
+use virtio_bindings::virtio_net::{self, virtio_net_config};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Feature bits (virtio 1.2, 5.1.3).
 pub mod features {
+    use virtio_bindings::virtio_net as n;
     /// The device takes frames with partial checksums.
-    pub const CSUM: u32 = 0;
+    pub const CSUM: u32 = n::VIRTIO_NET_F_CSUM;
     /// The driver takes frames with partial checksums.
-    pub const GUEST_CSUM: u32 = 1;
+    pub const GUEST_CSUM: u32 = n::VIRTIO_NET_F_GUEST_CSUM;
     /// `mtu` in the configuration space is valid.
-    pub const MTU: u32 = 3;
+    pub const MTU: u32 = n::VIRTIO_NET_F_MTU;
     /// `mac` in the configuration space is valid.
-    pub const MAC: u32 = 5;
+    pub const MAC: u32 = n::VIRTIO_NET_F_MAC;
     /// The driver takes TCPv4 segments larger than the MTU.
-    pub const GUEST_TSO4: u32 = 7;
+    pub const GUEST_TSO4: u32 = n::VIRTIO_NET_F_GUEST_TSO4;
     /// The driver takes TCPv6 segments larger than the MTU.
-    pub const GUEST_TSO6: u32 = 8;
+    pub const GUEST_TSO6: u32 = n::VIRTIO_NET_F_GUEST_TSO6;
     /// The device takes TCPv4 segments larger than the MTU.
-    pub const HOST_TSO4: u32 = 11;
+    pub const HOST_TSO4: u32 = n::VIRTIO_NET_F_HOST_TSO4;
     /// The device takes TCPv6 segments larger than the MTU.
-    pub const HOST_TSO6: u32 = 12;
+    pub const HOST_TSO6: u32 = n::VIRTIO_NET_F_HOST_TSO6;
     /// The driver can merge receive buffers.
-    pub const MRG_RXBUF: u32 = 15;
+    pub const MRG_RXBUF: u32 = n::VIRTIO_NET_F_MRG_RXBUF;
     /// `status` in the configuration space is valid.
-    pub const STATUS: u32 = 16;
+    pub const STATUS: u32 = n::VIRTIO_NET_F_STATUS;
 }
 
 const QUEUE_SIZE: u16 = 256;
 const RX: usize = 0;
 const TX: usize = 1;
 /// Configuration space: mac[6], status, max_virtqueue_pairs, mtu.
-const CONFIG_LEN: usize = 12;
-const STATUS_LINK_UP: u16 = 1;
+const CONFIG_LEN: usize = offset_of!(virtio_net_config, mtu) + 2;
+const MAC_AT: usize = offset_of!(virtio_net_config, mac);
+const STATUS_AT: usize = offset_of!(virtio_net_config, status);
+const PAIRS_AT: usize = offset_of!(virtio_net_config, max_virtqueue_pairs);
+const MTU_AT: usize = offset_of!(virtio_net_config, mtu);
+const STATUS_LINK_UP: u16 = u16_of(virtio_net::VIRTIO_NET_S_LINK_UP);
 
 /// A virtio-net device's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,13 +96,13 @@ impl Net {
         let mut config = [0u8; CONFIG_LEN];
         if let Some(mac) = cfg.mac {
             features |= 1 << MAC;
-            config[0..6].copy_from_slice(&mac);
+            config[MAC_AT..MAC_AT + 6].copy_from_slice(&mac);
         }
-        config[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
-        config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        config[STATUS_AT..STATUS_AT + 2].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
+        config[PAIRS_AT..PAIRS_AT + 2].copy_from_slice(&1u16.to_le_bytes());
         if let Some(mtu) = cfg.mtu {
             features |= 1 << MTU;
-            config[10..12].copy_from_slice(&mtu.to_le_bytes());
+            config[MTU_AT..MTU_AT + 2].copy_from_slice(&mtu.to_le_bytes());
         }
         Ok(Self {
             id: cfg.id.clone(),

@@ -4,28 +4,41 @@
 
 use std::fs::File;
 use std::io;
+use std::mem::size_of;
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use thiserror::Error;
+use virtio_bindings::virtio_net::virtio_net_hdr_v1;
+use vmm_sys_util::ioctl_iow_nr;
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-const IFF_TAP: i16 = 0x0002;
-const IFF_NO_PI: i16 = 0x1000;
-const IFF_VNET_HDR: i16 = 0x4000;
-const IFNAMSIZ: usize = 16;
+// The tun driver's ioctls (linux/if_tun.h): type 'T', with an int (or unsigned int)
+// argument, as the kernel declares them.
+const TUNTAP: libc::c_uint = b'T' as libc::c_uint;
+ioctl_iow_nr!(TUNSETIFF, TUNTAP, 202, libc::c_int);
+ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 208, libc::c_uint);
+ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP, 216, libc::c_int);
+
+/// The ifreq flags of a tap in the mode virtio-net needs. They all sit in the low 16 bits
+/// (ifr_flags is a short).
+const TAP_FLAGS: i16 = {
+    let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+    assert!(flags >= 0 && flags <= i16::MAX as libc::c_int);
+    #[allow(clippy::cast_possible_truncation, reason = "checked just above")]
+    let short = flags as i16;
+    short
+};
+const IFNAMSIZ: usize = libc::IFNAMSIZ;
 
 /// The tap may hand us checksum-less frames.
-pub const TUN_F_CSUM: u32 = 0x01;
+pub const TUN_F_CSUM: u32 = libc::TUN_F_CSUM;
 /// ... TCPv4 segments larger than the MTU.
-pub const TUN_F_TSO4: u32 = 0x02;
+pub const TUN_F_TSO4: u32 = libc::TUN_F_TSO4;
 /// ... TCPv6 segments larger than the MTU.
-pub const TUN_F_TSO6: u32 = 0x04;
+pub const TUN_F_TSO6: u32 = libc::TUN_F_TSO6;
 /// ... large UDP datagrams.
-pub const TUN_F_UFO: u32 = 0x10;
+pub const TUN_F_UFO: u32 = libc::TUN_F_UFO;
 
 /// Size of the header in front of every frame (virtio_net_hdr_v1, with num_buffers).
-pub const VNET_HDR_LEN: usize = 12;
+pub const VNET_HDR_LEN: usize = size_of::<virtio_net_hdr_v1>();
 
 /// Errors opening a tap.
 #[derive(Debug, Error)]
@@ -95,11 +108,10 @@ impl Tap {
         // struct ifreq: the name, then a union whose first member is the flags (short).
         let mut ifreq = [0u8; 40];
         ifreq[..name.len()].copy_from_slice(name.as_bytes());
-        let flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-        ifreq[IFNAMSIZ..IFNAMSIZ + 2].copy_from_slice(&flags.to_ne_bytes());
+        ifreq[IFNAMSIZ..IFNAMSIZ + 2].copy_from_slice(&TAP_FLAGS.to_ne_bytes());
         // SAFETY: TUNSETIFF reads and writes a struct ifreq (40 bytes), which `ifreq` is,
         // and it lives across the call.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, ifreq.as_mut_ptr()) } < 0 {
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF(), ifreq.as_mut_ptr()) } < 0 {
             return Err(TapError::Attach {
                 name: name.to_string(),
                 source: io::Error::last_os_error(),
@@ -111,7 +123,7 @@ impl Tap {
         };
         let hdr_len: libc::c_int = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which lives across the call.
-        if unsafe { libc::ioctl(tap.fd(), TUNSETVNETHDRSZ, &hdr_len as *const libc::c_int) } < 0 {
+        if unsafe { libc::ioctl(tap.fd(), TUNSETVNETHDRSZ(), &hdr_len as *const libc::c_int) } < 0 {
             return Err(TapError::Configure {
                 name: name.to_string(),
                 what: "TUNSETVNETHDRSZ",
@@ -123,7 +135,7 @@ impl Tap {
 
     /// Tells the kernel which offloads the guest accepts in received frames (TUN_F_*).
     pub fn set_offload(&self, flags: u32) -> Result<(), TapError> {
-        ioctl_int(self.fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags)).map_err(|source| {
+        ioctl_int(self.fd(), TUNSETOFFLOAD(), libc::c_ulong::from(flags)).map_err(|source| {
             TapError::Configure {
                 name: self.name.clone(),
                 what: "TUNSETOFFLOAD",
@@ -163,5 +175,20 @@ impl Tap {
             return Err(io::Error::last_os_error());
         }
         Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_numbers_and_layouts_are_the_kernels() {
+        // The values of linux/if_tun.h on every architecture ember runs on.
+        assert_eq!(TUNSETIFF(), 0x4004_54ca);
+        assert_eq!(TUNSETOFFLOAD(), 0x4004_54d0);
+        assert_eq!(TUNSETVNETHDRSZ(), 0x4004_54d8);
+        assert_eq!(TAP_FLAGS, 0x5002);
+        assert_eq!(VNET_HDR_LEN, 12);
     }
 }
