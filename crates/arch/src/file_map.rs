@@ -37,7 +37,7 @@ impl<'a> GuestFileReader<'a> {
             .iter()
             .filter_map(|r| {
                 let start = r.get_host_address(MemoryRegionAddress(0)).ok()? as usize;
-                Some((start, r.len() as usize))
+                Some((start, usize::try_from(r.len()).ok()?))
             })
             .collect();
         Ok(Self { file, len, guest })
@@ -58,7 +58,10 @@ impl<'a> GuestFileReader<'a> {
         if span == 0 || !pos.is_multiple_of(PAGE) || !(dst as u64).is_multiple_of(PAGE) {
             return Ok(0);
         }
-        let span = span as usize;
+        // At most `want`, so it fits.
+        let Ok(span) = usize::try_from(span) else {
+            return Ok(0);
+        };
         if !self.in_guest(dst as usize, span) {
             return Ok(0);
         }

@@ -53,7 +53,9 @@ pub fn load<M: GuestMemoryBackend>(
     let size = initrd.metadata().map_err(InitrdError::Read)?.len();
     let addr = place(size, floor, top)?;
     let mut reader = GuestFileReader::new(initrd, mem).map_err(InitrdError::Read)?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut reader, size as usize)
+    let len = usize::try_from(size)
+        .map_err(|_| InitrdError::Read(std::io::ErrorKind::FileTooLarge.into()))?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut reader, len)
         .map_err(|e| InitrdError::Read(std::io::Error::other(e.to_string())))?;
     Ok(InitrdPlacement { addr, size })
 }

@@ -7,6 +7,10 @@
 //! module and exposes the same names (`boot`, `layout`, `regs`, `vm`), so the VMM crate
 //! does not branch on the target except where vCPU setup itself differs.
 
+// Casts that can lose bits are errors in CI (-D warnings); the workspace cannot set this
+// for some crates only. Tests cast known small values freely.
+#![cfg_attr(not(test), warn(clippy::cast_possible_truncation))]
+
 pub mod file_map;
 pub mod initrd;
 

@@ -83,14 +83,22 @@ impl BusDevice for SerialDevice {
             data.fill(0xff);
             return;
         }
-        data[0] = self.uart.read(offset as u8);
+        // Below UART_REGS, so it fits.
+        let Ok(reg) = u8::try_from(offset) else {
+            data.fill(0xff);
+            return;
+        };
+        data[0] = self.uart.read(reg);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if data.len() != 1 || offset >= UART_REGS {
             return;
         }
-        if let Err(e) = self.uart.write(offset as u8, data[0]) {
+        let Ok(reg) = u8::try_from(offset) else {
+            return;
+        };
+        if let Err(e) = self.uart.write(reg, data[0]) {
             // Losing console output must not stop the guest; say so once.
             if !self.write_failed {
                 log::warn!("serial output failed, further errors are not reported: {e:?}");

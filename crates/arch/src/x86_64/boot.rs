@@ -50,6 +50,9 @@ pub enum BootError {
     /// A boot structure could not be written to guest memory.
     #[error("cannot write the {0} into guest memory")]
     Memory(&'static str),
+    /// A value does not fit the boot protocol's field for it (32-bit addresses).
+    #[error("the {0} does not fit the boot protocol's field for it")]
+    OutOfReach(&'static str),
     /// The memory map has more entries than the boot protocol carries.
     #[error("the memory map has too many entries ({0})")]
     MemoryMapTooLarge(usize),
@@ -205,7 +208,8 @@ fn write_pvh_start_info<M: GuestMemoryBackend>(
         version: 1,
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
-        memmap_entries: map.len() as u32,
+        memmap_entries: u32::try_from(map.len())
+            .map_err(|_| BootError::MemoryMapTooLarge(map.len()))?,
         ..Default::default()
     };
     if let Some(rd) = initrd {
@@ -249,14 +253,16 @@ fn write_zero_page<M: GuestMemoryBackend>(
     hdr.type_of_loader = KERNEL_LOADER_OTHER;
     hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     hdr.header = KERNEL_HDR_MAGIC;
-    hdr.cmd_line_ptr = CMDLINE_START as u32;
-    hdr.cmdline_size = cmdline_len as u32;
+    let out_of_reach = |what| move |_| BootError::OutOfReach(what);
+    hdr.cmd_line_ptr = u32::try_from(CMDLINE_START).map_err(out_of_reach("command line"))?;
+    hdr.cmdline_size = u32::try_from(cmdline_len).map_err(out_of_reach("command line"))?;
     if hdr.kernel_alignment == 0 {
         hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT;
     }
     if let Some(rd) = initrd {
-        hdr.ramdisk_image = rd.addr as u32;
-        hdr.ramdisk_size = rd.size as u32;
+        // Placed below the MMIO gap, so within 4 GiB.
+        hdr.ramdisk_image = u32::try_from(rd.addr).map_err(out_of_reach("initrd"))?;
+        hdr.ramdisk_size = u32::try_from(rd.size).map_err(out_of_reach("initrd"))?;
     }
     if map.len() > params.0.e820_table.len() {
         return Err(BootError::MemoryMapTooLarge(map.len()));
@@ -268,7 +274,8 @@ fn write_zero_page<M: GuestMemoryBackend>(
             r#type: e.kind,
         };
     }
-    params.0.e820_entries = map.len() as u8;
+    params.0.e820_entries =
+        u8::try_from(map.len()).map_err(|_| BootError::MemoryMapTooLarge(map.len()))?;
     mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
         .map_err(|_| BootError::Memory("zero page"))
 }

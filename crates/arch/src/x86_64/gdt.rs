@@ -15,6 +15,10 @@ fn base(e: u64) -> u64 {
     ((e & 0xff00_0000_0000_0000) >> 32) | ((e & 0x0000_00ff_ffff_0000) >> 16)
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "the limit field is 20 bits: the masked value fits"
+)]
 fn limit(e: u64) -> u32 {
     (((e & 0x000f_0000_0000_0000) >> 32) | (e & 0x0000_0000_0000_ffff)) as u32
 }

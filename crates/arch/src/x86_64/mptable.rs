@@ -81,14 +81,18 @@ pub fn build(num_cpus: u8, base: u64) -> Result<Vec<u8>, MpTableError> {
 
     // Floating pointer.
     table.extend_from_slice(b"_MP_");
-    table.extend_from_slice(&(table_addr as u32).to_le_bytes());
+    // In the EBDA, below 1 MiB.
+    let table_addr = u32::try_from(table_addr).map_err(|_| MpTableError::NotInMemory)?;
+    table.extend_from_slice(&table_addr.to_le_bytes());
     table.extend_from_slice(&[1, SPEC_REV, 0, 0, 0, 0, 0, 0]);
     table[10] = checksum(&table[..FLOATING_LEN]);
 
     // Configuration table header.
     let hdr = table.len();
     table.extend_from_slice(b"PCMP");
-    table.extend_from_slice(&(table_len as u16).to_le_bytes());
+    // 32 vCPUs at most: a few hundred bytes.
+    let table_len = u16::try_from(table_len).map_err(|_| MpTableError::NotInMemory)?;
+    table.extend_from_slice(&table_len.to_le_bytes());
     table.extend_from_slice(&[SPEC_REV, 0]);
     table.extend_from_slice(b"EMBER   ");
     table.extend_from_slice(b"MICROVM     ");

@@ -74,7 +74,12 @@ pub fn boot_sregs(mut sregs: kvm_sregs, mode: EntryMode) -> kvm_sregs {
     let data = gdt::segment(gdt[2], 2);
     let tss = gdt::segment(gdt[3], 3);
     sregs.gdt.base = GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(gdt) - 1) as u16;
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a fixed GDT of four 8-byte entries"
+    )]
+    let limit = (std::mem::size_of_val(gdt) - 1) as u16;
+    sregs.gdt.limit = limit;
     sregs.idt.base = IDT_START;
     sregs.idt.limit = 7;
     sregs.cs = code;

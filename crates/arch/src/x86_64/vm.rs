@@ -33,7 +33,12 @@ pub type IrqChipError = std::convert::Infallible;
 
 /// Sets the TSS pages and creates the IOAPIC, PIC and PIT.
 pub fn setup_before_vcpus(vm: &VmFd) -> Result<(), VmSetupError> {
-    vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "x86_64 only, where usize is 64 bits"
+    )]
+    let tss = KVM_TSS_ADDRESS as usize;
+    vm.set_tss_address(tss)
         .map_err(|e| VmSetupError::Ioctl("KVM_SET_TSS_ADDR", e))?;
     vm.create_irq_chip()
         .map_err(|e| VmSetupError::Ioctl("KVM_CREATE_IRQCHIP", e))?;

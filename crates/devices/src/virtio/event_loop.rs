@@ -43,7 +43,8 @@ pub enum Flow {
 // Epoll data of the two sources the loop owns; a device's tokens follow them.
 const STOP: u64 = 0;
 const PAUSE: u64 = 1;
-const FIRST_DEVICE: u64 = 2;
+const OWN_SOURCES: usize = 2;
+const FIRST_DEVICE: u64 = OWN_SOURCES as u64;
 
 /// One device thread's event loop, with tokens of type `T` for the device's sources.
 pub struct DeviceEvents<T> {
@@ -64,7 +65,7 @@ impl<T: Copy + PartialEq> DeviceEvents<T> {
             stop,
             pause,
             tokens: Vec::new(),
-            ready: vec![EpollEvent::default(); FIRST_DEVICE as usize],
+            ready: vec![EpollEvent::default(); OWN_SOURCES],
         };
         this.ctl(
             ControlOperation::Add,

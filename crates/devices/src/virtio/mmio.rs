@@ -133,6 +133,7 @@ impl MmioTransport {
             reg::DEVICE_ID => self.device.device_type(),
             reg::VENDOR_ID => VENDOR_ID,
             reg::DEVICE_FEATURES => match self.device_features_sel {
+                #[allow(clippy::cast_possible_truncation, reason = "the low word, by design")]
                 0 => self.device.features() as u32,
                 1 => (self.device.features() >> 32) as u32,
                 _ => 0,

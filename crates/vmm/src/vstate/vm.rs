@@ -94,7 +94,12 @@ impl Vm {
     pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
         for (slot, region) in mem.iter().enumerate() {
             let slot_region = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot: u32::try_from(slot).map_err(|_| {
+                    VmError::Ioctl(
+                        "KVM_SET_USER_MEMORY_REGION",
+                        kvm_ioctls::Error::new(libc::ENOSPC),
+                    )
+                })?,
                 flags: 0,
                 guest_phys_addr: region.start_addr().raw_value(),
                 memory_size: region.len(),

@@ -197,14 +197,14 @@ unsafe fn transfer(
     write: bool,
 ) -> io::Result<()> {
     // The kernel takes at most IOV_MAX (1024) segments per call.
-    const IOV_MAX: usize = 1024;
+    const IOV_MAX: libc::c_int = 1024;
     let mut start = 0;
     while start < iovs.len() && iovs[start].iov_len == 0 {
         start += 1;
     }
     while start < iovs.len() {
         let rest = &iovs[start..];
-        let n = rest.len().min(IOV_MAX) as i32;
+        let n = libc::c_int::try_from(rest.len()).map_or(IOV_MAX, |n| n.min(IOV_MAX));
         let off = libc::off_t::try_from(offset)
             .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
         // SAFETY: the iovecs are valid per the caller's contract; n <= rest.len().

@@ -32,7 +32,8 @@ pub const S_UNSUPP: u8 = u8_of(virtio_blk::VIRTIO_BLK_S_UNSUPP);
 pub const ID_BYTES: usize = virtio_blk::VIRTIO_BLK_ID_BYTES as usize;
 
 /// The request header (type, ioprio, sector).
-const HEADER_LEN: u64 = std::mem::size_of::<virtio_blk::virtio_blk_outhdr>() as u64;
+const HEADER_SIZE: usize = std::mem::size_of::<virtio_blk::virtio_blk_outhdr>();
+const HEADER_LEN: u64 = HEADER_SIZE as u64;
 
 /// What the driver asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +168,7 @@ fn take_front(segs: &mut Vec<Segment>, mut n: u64) -> Vec<Segment> {
             taken.push(segs.remove(0));
         } else {
             // n < first.len <= u32::MAX, and the range was checked, so no overflow.
-            let cut = n as u32;
+            let cut = u32::try_from(n).unwrap_or(u32::MAX).min(first.len);
             taken.push(Segment {
                 addr: first.addr,
                 len: cut,
@@ -207,7 +208,7 @@ pub fn parse(
     if total(&header_segs) < HEADER_LEN {
         return Err(RequestError::ShortHeader);
     }
-    let mut header = [0u8; HEADER_LEN as usize];
+    let mut header = [0u8; HEADER_SIZE];
     let mut at = 0usize;
     for s in &header_segs {
         let end = at + s.len as usize;

@@ -153,7 +153,9 @@ impl RequestHandler {
             RequestKind::In => self.transfer(mem, req, false).map(|()| {
                 c.read_count.fetch_add(1, Ordering::Relaxed);
                 c.read_bytes.fetch_add(req.data_len, Ordering::Relaxed);
-                req.data_len as u32
+                // The used length only hints at what was written; a read of 4 GiB or
+                // more (many large segments) reports the most it can.
+                u32::try_from(req.data_len).unwrap_or(u32::MAX)
             }),
             RequestKind::Out => self.transfer(mem, req, true).map(|()| {
                 c.write_count.fetch_add(1, Ordering::Relaxed);
@@ -207,8 +209,9 @@ impl RequestHandler {
     }
 
     fn write_id(&self, mem: &GuestMemoryMmap, req: &Request) -> io::Result<u32> {
-        let mut left = &self.id[..(req.data_len as usize).min(ID_BYTES)];
-        let mut written = 0u32;
+        let want = usize::try_from(req.data_len).unwrap_or(usize::MAX);
+        let mut left = &self.id[..want.min(ID_BYTES)];
+        let mut written = 0usize;
         for seg in &req.data {
             if left.is_empty() {
                 break;
@@ -217,9 +220,10 @@ impl RequestHandler {
             mem.write_slice(&left[..n], seg.addr)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             left = &left[n..];
-            written += n as u32;
+            written += n;
         }
-        Ok(written)
+        // At most ID_BYTES.
+        Ok(u32::try_from(written).unwrap_or(u32::MAX))
     }
 }
 

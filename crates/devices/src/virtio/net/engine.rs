@@ -258,7 +258,9 @@ impl<T: FrameIo> Engine<T> {
             }
             return Ok(true);
         }
-        let num_buffers = chains.len() as u16;
+        // At most the queue size (chains are distinct heads).
+        let num_buffers = u16::try_from(chains.len())
+            .map_err(|_| QueueBroken::RxChain(chains.first().map_or(0, |c| c.head)))?;
         self.frame[NUM_BUFFERS_AT..NUM_BUFFERS_AT + 2].copy_from_slice(&num_buffers.to_le_bytes());
         let mut off = 0usize;
         let mut used = Vec::with_capacity(chains.len());
@@ -275,7 +277,8 @@ impl<T: FrameIo> Engine<T> {
                 off += n;
                 written += n;
             }
-            used.push((*head, written as u32));
+            // At most MAX_FRAME.
+            used.push((*head, u32::try_from(written).unwrap_or(u32::MAX)));
         }
         self.publish_used(mem, &used)?;
         self.counters
@@ -301,6 +304,10 @@ impl<T: FrameIo> Engine<T> {
         let base = self.rx.next_used();
         let size = self.rx.size();
         for (k, &(head, len)) in rest.iter().enumerate() {
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "ring indices count modulo 2^16, like the driver's"
+            )]
             let slot = u64::from(base.wrapping_add(k as u16) % size);
             let elem = GuestAddress(self.rx.used_ring())
                 .checked_add(4 + slot * 8)
@@ -311,7 +318,12 @@ impl<T: FrameIo> Engine<T> {
                 .map_err(|_| QueueBroken::RxChain(head))?;
         }
         if !rest.is_empty() {
-            self.rx.set_next_used(base.wrapping_add(rest.len() as u16));
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "ring indices count modulo 2^16, like the driver's"
+            )]
+            let next = base.wrapping_add(rest.len() as u16);
+            self.rx.set_next_used(next);
             self.force_irq = true;
         }
         self.rx.add_used(mem, last_head, last_len)?;

@@ -39,6 +39,9 @@ pub const TUN_F_UFO: u32 = libc::TUN_F_UFO;
 
 /// Size of the header in front of every frame (virtio_net_hdr_v1, with num_buffers).
 pub const VNET_HDR_LEN: usize = size_of::<virtio_net_hdr_v1>();
+/// The same, as TUNSETVNETHDRSZ takes it.
+const VNET_HDR_SIZE: libc::c_int = 12;
+const _: () = assert!(VNET_HDR_SIZE as usize == VNET_HDR_LEN);
 
 /// Errors opening a tap.
 #[derive(Debug, Error)]
@@ -121,7 +124,7 @@ impl Tap {
             file,
             name: name.to_string(),
         };
-        let hdr_len: libc::c_int = VNET_HDR_LEN as libc::c_int;
+        let hdr_len: libc::c_int = VNET_HDR_SIZE;
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which lives across the call.
         if unsafe { libc::ioctl(tap.fd(), TUNSETVNETHDRSZ(), &hdr_len as *const libc::c_int) } < 0 {
             return Err(TapError::Configure {
@@ -169,8 +172,10 @@ impl Tap {
     /// # Safety
     /// Every iovec must be valid for reads during the call.
     pub unsafe fn write_frame(&self, iovs: &[libc::iovec]) -> io::Result<usize> {
-        // SAFETY: forwarded from the caller's contract; the count fits (chains are short).
-        let n = unsafe { libc::writev(self.fd(), iovs.as_ptr(), iovs.len() as i32) };
+        let count = libc::c_int::try_from(iovs.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: forwarded from the caller's contract; `count` is the slice's length.
+        let n = unsafe { libc::writev(self.fd(), iovs.as_ptr(), count) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
