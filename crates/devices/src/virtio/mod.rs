@@ -15,6 +15,8 @@ mod interrupt;
 pub mod mmio;
 pub mod net;
 pub mod pause;
+#[cfg(test)]
+mod test_ring;
 
 pub use device_thread::{read_config_bytes, DeviceThread};
 pub use event_loop::DeviceEvents;

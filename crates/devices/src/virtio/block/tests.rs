@@ -5,6 +5,7 @@
 use super::disk::{CacheType, DiskFile};
 use super::request::{S_IOERR, S_OK, S_UNSUPP, T_FLUSH, T_GET_ID, T_IN, T_OUT};
 use super::worker::{BlockCounters, QueueBroken, RequestHandler};
+use crate::virtio::test_ring::{leak_memory, table_desc, Ring, INDIRECT, NEXT, WRITE};
 use crate::virtio::{Activation, Interrupt, VirtioDevice};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -12,23 +13,18 @@ use std::os::unix::io::FromRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 const MEM_SIZE: usize = 1 << 20;
 const QSIZE: u16 = 16;
+/// The ring's descriptor table; its available and used rings follow it.
 const DESC: u64 = 0x1000;
-const AVAIL: u64 = 0x2000;
-const USED: u64 = 0x3000;
 const HDR: u64 = 0x10000;
 const DATA: u64 = 0x20000;
 const STATUS: u64 = 0x30000;
 const DISK_SIZE: u64 = 1 << 20;
-
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
-const INDIRECT: u16 = 4;
 
 fn memfd(size: u64) -> File {
     // SAFETY: the name is a valid NUL-terminated string; the fd returned is owned below.
@@ -40,53 +36,43 @@ fn memfd(size: u64) -> File {
     f
 }
 
-/// A queue of `QSIZE` at `DESC`, `AVAIL` and `USED`, as a driver would set it up.
-fn new_queue(mem: &GuestMemoryMmap) -> Queue {
-    let mut queue = Queue::new(QSIZE).unwrap();
-    queue.set_size(QSIZE);
-    queue.set_desc_table_address(Some(DESC as u32), Some(0));
-    queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-    queue.set_used_ring_address(Some(USED as u32), Some(0));
-    queue.set_ready(true);
-    assert!(queue.is_valid(mem));
-    queue
-}
-
 struct Rig {
     mem: Arc<GuestMemoryMmap>,
+    ring: Ring,
     queue: Queue,
     handler: RequestHandler,
     counters: Arc<BlockCounters>,
     file: File,
-    avail_idx: u16,
 }
 
 impl Rig {
     fn new(read_only: bool) -> Self {
-        let mem =
-            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
+        let mem = leak_memory(MEM_SIZE);
         let file = memfd(DISK_SIZE);
         let disk = DiskFile::from_file(file.try_clone().unwrap(), read_only, CacheType::Writeback)
             .unwrap();
         let counters = Arc::new(BlockCounters::default());
         let handler = RequestHandler::new(disk, "test-drive-id", counters.clone());
-        let queue = new_queue(&mem);
+        let ring = Ring::new(mem.as_ref(), DESC, QSIZE);
+        let queue = ring.queue();
         Self {
-            mem,
+            mem: mem.clone(),
+            ring,
             queue,
             handler,
             counters,
             file,
-            avail_idx: 0,
         }
     }
 
+    /// Writes descriptor `i` of the table at `table` (the ring's, `DESC`, or an indirect
+    /// one).
     fn desc(&self, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = GuestAddress(table + u64::from(i) * 16);
-        self.mem.write_obj(addr, at).unwrap();
-        self.mem.write_obj(len, at.unchecked_add(8)).unwrap();
-        self.mem.write_obj(flags, at.unchecked_add(12)).unwrap();
-        self.mem.write_obj(next, at.unchecked_add(14)).unwrap();
+        if table == DESC {
+            self.ring.desc(i, addr, len, flags, next);
+        } else {
+            table_desc(&self.mem, table, i, addr, len, flags, next);
+        }
     }
 
     /// Writes a chain of `(addr, len, writable)` at descriptor `first` onwards.
@@ -106,12 +92,7 @@ impl Rig {
     }
 
     fn publish(&mut self, head: u16) {
-        let slot = AVAIL + 4 + u64::from(self.avail_idx % QSIZE) * 2;
-        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-            .unwrap();
+        self.ring.publish(head);
     }
 
     fn run(&mut self) -> Result<bool, QueueBroken> {
@@ -124,10 +105,8 @@ impl Rig {
         self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
         self.publish(head);
         self.run().expect("queue should not break");
-        let used_idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
-        let slot = USED + 4 + u64::from((used_idx.wrapping_sub(1)) % QSIZE) * 8;
-        let id: u32 = self.mem.read_obj(GuestAddress(slot)).unwrap();
-        let len: u32 = self.mem.read_obj(GuestAddress(slot + 4)).unwrap();
+        let used_idx = self.ring.used_idx();
+        let (id, len) = self.ring.used(used_idx.wrapping_sub(1));
         assert_eq!(id, u32::from(head), "used element is for another chain");
         (self.mem.read_obj(GuestAddress(STATUS)).unwrap(), len)
     }
@@ -371,7 +350,7 @@ fn looping_chain_terminates() {
 fn ring_corruption_breaks_the_queue() {
     // The available index jumps further than the queue holds.
     let mut r = Rig::new(false);
-    r.mem.write_obj(QSIZE + 5, GuestAddress(AVAIL + 2)).unwrap();
+    r.ring.set_avail_idx(QSIZE + 5);
     assert!(matches!(r.run(), Err(QueueBroken::Ring(_))));
     // A head index beyond the table: the chain is empty, so it cannot be answered.
     let mut r = Rig::new(false);
@@ -439,12 +418,11 @@ fn many_requests_in_one_pass_are_all_answered() {
         );
         assert_eq!(r.disk_bytes(k * 512, 512), vec![k as u8 + 1; 512]);
     }
-    let used_idx: u16 = r.mem.read_obj(GuestAddress(USED + 2)).unwrap();
-    assert_eq!(used_idx, 5);
+    assert_eq!(r.ring.used_idx(), 5);
 }
 
 fn used_idx(r: &Rig) -> u16 {
-    r.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+    r.ring.used_idx()
 }
 
 fn wait_for_used(r: &Rig, idx: u16) {
@@ -469,7 +447,7 @@ fn the_io_thread_serves_parks_while_paused_and_stops_on_reset() {
     let interrupt = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
     let activation = |r: &Rig| Activation {
         mem: r.mem.clone(),
-        queues: vec![new_queue(&r.mem)],
+        queues: vec![r.ring.queue()],
         queue_evts: vec![notify.try_clone().unwrap()],
         interrupt: interrupt.clone(),
         acked_features: 0,

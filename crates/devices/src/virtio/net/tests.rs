@@ -3,20 +3,18 @@
 
 use super::engine::{Engine, FrameIo, NetCounters, RxState, TxState, MAX_FRAME};
 use super::tap::VNET_HDR_LEN;
+use crate::virtio::test_ring::{leak_memory, Ring, NEXT, WRITE};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const MEM: usize = 4 << 20;
 const QSIZE: u16 = 16;
 const RX_BASE: u64 = 0x1000;
 const TX_BASE: u64 = 0x4000;
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
 
 #[derive(Default)]
 struct FakeTap {
@@ -51,59 +49,8 @@ impl FrameIo for FakeTap {
     }
 }
 
-struct Ring {
-    base: u64,
-    avail_idx: u16,
-}
-
-impl Ring {
-    fn desc_addr(&self) -> u64 {
-        self.base
-    }
-    fn avail_addr(&self) -> u64 {
-        self.base + 0x100
-    }
-    fn used_addr(&self) -> u64 {
-        self.base + 0x200
-    }
-    fn queue(&self, mem: &GuestMemoryMmap) -> Queue {
-        let mut q = Queue::new(QSIZE).unwrap();
-        q.set_size(QSIZE);
-        q.set_desc_table_address(Some(self.desc_addr() as u32), Some(0));
-        q.set_avail_ring_address(Some(self.avail_addr() as u32), Some(0));
-        q.set_used_ring_address(Some(self.used_addr() as u32), Some(0));
-        q.set_ready(true);
-        assert!(q.is_valid(mem));
-        q
-    }
-    fn desc(&self, mem: &GuestMemoryMmap, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = GuestAddress(self.desc_addr() + u64::from(i) * 16);
-        mem.write_obj(addr, at).unwrap();
-        mem.write_obj(len, at.unchecked_add(8)).unwrap();
-        mem.write_obj(flags, at.unchecked_add(12)).unwrap();
-        mem.write_obj(next, at.unchecked_add(14)).unwrap();
-    }
-    fn publish(&mut self, mem: &GuestMemoryMmap, head: u16) {
-        let slot = self.avail_addr() + 4 + u64::from(self.avail_idx % QSIZE) * 2;
-        mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail_addr() + 2))
-            .unwrap();
-    }
-    fn used(&self, mem: &GuestMemoryMmap, n: u16) -> (u32, u32) {
-        let slot = self.used_addr() + 4 + u64::from(n % QSIZE) * 8;
-        (
-            mem.read_obj(GuestAddress(slot)).unwrap(),
-            mem.read_obj(GuestAddress(slot + 4)).unwrap(),
-        )
-    }
-    fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
-        mem.read_obj(GuestAddress(self.used_addr() + 2)).unwrap()
-    }
-}
-
 struct Rig {
-    mem: GuestMemoryMmap,
+    mem: &'static GuestMemoryMmap,
     rx: Ring,
     tx: Ring,
     engine: Engine<FakeTap>,
@@ -112,20 +59,14 @@ struct Rig {
 
 impl Rig {
     fn new(mergeable: bool) -> Self {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
-        let rx = Ring {
-            base: RX_BASE,
-            avail_idx: 0,
-        };
-        let tx = Ring {
-            base: TX_BASE,
-            avail_idx: 0,
-        };
+        let mem: &'static GuestMemoryMmap = leak_memory(MEM).as_ref();
+        let rx = Ring::new(mem, RX_BASE, QSIZE);
+        let tx = Ring::new(mem, TX_BASE, QSIZE);
         let counters = Arc::new(NetCounters::default());
         let engine = Engine::new(
             FakeTap::default(),
-            rx.queue(&mem),
-            tx.queue(&mem),
+            rx.queue(),
+            tx.queue(),
             mergeable,
             counters.clone(),
         );
@@ -150,18 +91,18 @@ fn received_frames_arrive_intact_across_merged_buffers() {
     let mut r = Rig::new(true);
     // Four 1500-byte buffers; a 4000-byte frame needs three of them.
     for i in 0..4u16 {
-        r.rx.desc(&r.mem, i, 0x10000 + u64::from(i) * 0x1000, 1500, WRITE, 0);
-        r.rx.publish(&r.mem, i);
+        r.rx.desc(i, 0x10000 + u64::from(i) * 0x1000, 1500, WRITE, 0);
+        r.rx.publish(i);
     }
     let f = frame(4000 - VNET_HDR_LEN, 7);
     r.engine.io().incoming.borrow_mut().push_back(f.clone());
-    let (state, irq) = r.engine.process_rx(&r.mem).unwrap();
+    let (state, irq) = r.engine.process_rx(r.mem).unwrap();
     assert_eq!(state, RxState::TapEmpty);
     assert!(irq);
-    assert_eq!(r.rx.used_idx(&r.mem), 3);
+    assert_eq!(r.rx.used_idx(), 3);
     let mut got = Vec::new();
     for n in 0..3u16 {
-        let (id, len) = r.rx.used(&r.mem, n);
+        let (id, len) = r.rx.used(n);
         let mut buf = vec![0u8; len as usize];
         r.mem
             .read_slice(&mut buf, GuestAddress(0x10000 + u64::from(id) * 0x1000))
@@ -187,20 +128,20 @@ fn without_buffers_the_frame_waits_and_nothing_is_lost() {
         .incoming
         .borrow_mut()
         .extend([a.clone(), b.clone()]);
-    let (state, _) = r.engine.process_rx(&r.mem).unwrap();
+    let (state, _) = r.engine.process_rx(r.mem).unwrap();
     assert_eq!(state, RxState::NeedBuffers);
     assert!(r.engine.has_pending_frame());
     // Only the one frame was taken from the tap; the other is still queued there.
     assert_eq!(r.engine.io().incoming.borrow().len(), 1);
     assert_eq!(r.counters.rx_no_buffer.load(Ordering::Relaxed), 1);
     for i in 0..2u16 {
-        r.rx.desc(&r.mem, i, 0x20000 + u64::from(i) * 0x1000, 2048, WRITE, 0);
-        r.rx.publish(&r.mem, i);
+        r.rx.desc(i, 0x20000 + u64::from(i) * 0x1000, 2048, WRITE, 0);
+        r.rx.publish(i);
     }
-    let (state, irq) = r.engine.process_rx(&r.mem).unwrap();
+    let (state, irq) = r.engine.process_rx(r.mem).unwrap();
     assert_eq!((state, irq), (RxState::TapEmpty, true));
     for (n, f) in [(0u16, &a), (1, &b)] {
-        let (id, len) = r.rx.used(&r.mem, n);
+        let (id, len) = r.rx.used(n);
         assert_eq!(len as usize, f.len());
         let mut buf = vec![0u8; f.len()];
         r.mem
@@ -214,16 +155,16 @@ fn without_buffers_the_frame_waits_and_nothing_is_lost() {
 #[test]
 fn a_frame_too_big_for_a_non_merging_guest_is_dropped_and_counted() {
     let mut r = Rig::new(false);
-    r.rx.desc(&r.mem, 0, 0x10000, 1000, WRITE, 0);
-    r.rx.publish(&r.mem, 0);
+    r.rx.desc(0, 0x10000, 1000, WRITE, 0);
+    r.rx.publish(0);
     r.engine
         .io()
         .incoming
         .borrow_mut()
         .push_back(frame(5000, 3));
-    r.engine.process_rx(&r.mem).unwrap();
+    r.engine.process_rx(r.mem).unwrap();
     assert_eq!(r.counters.rx_dropped.load(Ordering::Relaxed), 1);
-    assert_eq!(r.rx.used(&r.mem, 0), (0, 0));
+    assert_eq!(r.rx.used(0), (0, 0));
 }
 
 #[test]
@@ -234,11 +175,11 @@ fn hostile_rx_chains_break_the_queue_without_panic() {
         (0x10000, 4, WRITE),            // smaller than the header
     ] {
         let mut r = Rig::new(true);
-        r.rx.desc(&r.mem, 0, addr, len, flags, 0);
-        r.rx.publish(&r.mem, 0);
+        r.rx.desc(0, addr, len, flags, 0);
+        r.rx.publish(0);
         r.engine.io().incoming.borrow_mut().push_back(frame(60, 0));
         assert!(
-            r.engine.process_rx(&r.mem).is_err(),
+            r.engine.process_rx(r.mem).is_err(),
             "{addr:#x}+{len} flags {flags}"
         );
     }
@@ -251,9 +192,9 @@ fn transmitted_frames_reach_the_tap_and_bad_ones_are_counted() {
     // A good frame split over two descriptors.
     r.mem.write_slice(&f[..300], GuestAddress(0x30000)).unwrap();
     r.mem.write_slice(&f[300..], GuestAddress(0x31000)).unwrap();
-    r.tx.desc(&r.mem, 0, 0x30000, 300, NEXT, 1);
-    r.tx.desc(&r.mem, 1, 0x31000, (f.len() - 300) as u32, 0, 0);
-    r.tx.publish(&r.mem, 0);
+    r.tx.desc(0, 0x30000, 300, NEXT, 1);
+    r.tx.desc(1, 0x31000, (f.len() - 300) as u32, 0, 0);
+    r.tx.publish(0);
     // Hostile: outside memory, only a header, zero length, writable, oversize.
     let bad: [(u64, u32, u16); 5] = [
         (MEM as u64 - 100, 200, 0),
@@ -264,10 +205,10 @@ fn transmitted_frames_reach_the_tap_and_bad_ones_are_counted() {
     ];
     for (k, &(addr, len, flags)) in bad.iter().enumerate() {
         let i = 2 + k as u16;
-        r.tx.desc(&r.mem, i, addr, len, flags, 0);
-        r.tx.publish(&r.mem, i);
+        r.tx.desc(i, addr, len, flags, 0);
+        r.tx.publish(i);
     }
-    let (state, irq) = r.engine.process_tx(&r.mem).unwrap();
+    let (state, irq) = r.engine.process_tx(r.mem).unwrap();
     assert_eq!((state, irq), (TxState::Drained, true));
     assert_eq!(
         r.engine.io().sent.borrow().as_slice(),
@@ -275,7 +216,7 @@ fn transmitted_frames_reach_the_tap_and_bad_ones_are_counted() {
     );
     assert_eq!(r.counters.tx_packets.load(Ordering::Relaxed), 1);
     assert_eq!(r.counters.tx_dropped.load(Ordering::Relaxed), 5);
-    assert_eq!(r.tx.used_idx(&r.mem), 6, "every chain is returned");
+    assert_eq!(r.tx.used_idx(), 6, "every chain is returned");
 }
 
 #[test]
@@ -283,14 +224,14 @@ fn a_full_tap_defers_the_frame_instead_of_dropping_it() {
     let mut r = Rig::new(true);
     let f = frame(64, 4);
     r.mem.write_slice(&f, GuestAddress(0x30000)).unwrap();
-    r.tx.desc(&r.mem, 0, 0x30000, f.len() as u32, 0, 0);
-    r.tx.publish(&r.mem, 0);
+    r.tx.desc(0, 0x30000, f.len() as u32, 0, 0);
+    r.tx.publish(0);
     *r.engine.io().full.borrow_mut() = true;
-    let (state, _) = r.engine.process_tx(&r.mem).unwrap();
+    let (state, _) = r.engine.process_tx(r.mem).unwrap();
     assert_eq!(state, TxState::TapFull);
-    assert_eq!(r.tx.used_idx(&r.mem), 0);
+    assert_eq!(r.tx.used_idx(), 0);
     *r.engine.io().full.borrow_mut() = false;
-    let (state, _) = r.engine.process_tx(&r.mem).unwrap();
+    let (state, _) = r.engine.process_tx(r.mem).unwrap();
     assert_eq!(state, TxState::Drained);
     assert_eq!(r.engine.io().sent.borrow().as_slice(), &[f]);
     assert_eq!(r.counters.tx_dropped.load(Ordering::Relaxed), 0);
@@ -300,22 +241,22 @@ fn a_full_tap_defers_the_frame_instead_of_dropping_it() {
 fn too_few_buffers_for_a_frame_wait_without_spinning() {
     let mut r = Rig::new(true);
     // One 1500-byte buffer for a 4000-byte frame: the engine must not loop on it.
-    r.rx.desc(&r.mem, 0, 0x10000, 1500, WRITE, 0);
-    r.rx.publish(&r.mem, 0);
+    r.rx.desc(0, 0x10000, 1500, WRITE, 0);
+    r.rx.publish(0);
     r.engine
         .io()
         .incoming
         .borrow_mut()
         .push_back(frame(4000, 5));
-    let (state, _) = r.engine.process_rx(&r.mem).unwrap();
+    let (state, _) = r.engine.process_rx(r.mem).unwrap();
     assert_eq!(state, RxState::NeedBuffers);
-    assert_eq!(r.rx.used_idx(&r.mem), 0, "nothing consumed");
+    assert_eq!(r.rx.used_idx(), 0, "nothing consumed");
     // Two more buffers arrive: the frame is delivered across all three.
     for i in 1..3u16 {
-        r.rx.desc(&r.mem, i, 0x10000 + u64::from(i) * 0x1000, 1500, WRITE, 0);
-        r.rx.publish(&r.mem, i);
+        r.rx.desc(i, 0x10000 + u64::from(i) * 0x1000, 1500, WRITE, 0);
+        r.rx.publish(i);
     }
-    let (state, irq) = r.engine.process_rx(&r.mem).unwrap();
+    let (state, irq) = r.engine.process_rx(r.mem).unwrap();
     assert_eq!((state, irq), (RxState::TapEmpty, true));
-    assert_eq!(r.rx.used_idx(&r.mem), 3);
+    assert_eq!(r.rx.used_idx(), 3);
 }
