@@ -68,6 +68,32 @@ def cargo_root() -> Path:
     return Path(os.environ.get("EMBER_CARGO_DIR") or ROOT).resolve()
 
 
+# Benchmark peers given by the environment, each copied to `<ember's dir>/peers/<name>` so
+# it is staged into the emulated host with ember (the benchmarks look for it there).
+PEERS = (("EMBER_BASELINE", "ember-baseline"), ("FIRECRACKER", "firecracker"))
+
+
+def sync_peers(ember: Path) -> None:
+    """Makes `<ember's dir>/peers/` hold exactly the peers named in the environment (a peer
+    from an earlier run must not be benchmarked by mistake)."""
+    peers = ember.parent / "peers"
+    shutil.rmtree(peers, ignore_errors=True)
+    for var, name in PEERS:
+        src = os.environ.get(var)
+        if not src:
+            continue
+        if not Path(src).is_file():
+            raise SystemExit(f"{var}={src}: no such file")
+        peers.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, peers / name)
+
+
+def peer(ember: Path, name: str) -> Path | None:
+    """The staged peer `name` (see PEERS) beside `ember`, if one was given."""
+    p = ember.parent / "peers" / name
+    return p if p.is_file() else None
+
+
 def build_all(arch: str = ARCH) -> dict[str, Path]:
     """Builds ember, emberd and emberctl (release) and the guest images for `arch`; returns
     their locations (emberd and emberctl are beside ember). For another architecture than
@@ -85,6 +111,7 @@ def build_all(arch: str = ARCH) -> dict[str, Path]:
         ember = src / out / "ember"
     kernel_dir = Path(sh([str(ROOT / "tools/guest/build-kernel.sh"), arch]))
     rootfs_dir = Path(sh([str(ROOT / "tools/guest/build-rootfs.sh"), arch]))
+    sync_peers(ember)
     log(f"built ember and guest images ({arch}) in {time.monotonic() - t0:.1f}s")
     return {"ember": ember, "kernel_dir": kernel_dir, "rootfs_dir": rootfs_dir}
 
@@ -107,6 +134,9 @@ def stage_artifacts(paths: dict[str, Path], stage: Path) -> dict[str, Path]:
         src = paths["ember"].parent / sibling
         if src.exists():
             shutil.copy2(src, stage / sibling)
+    peers = paths["ember"].parent / "peers"
+    if peers.is_dir():
+        shutil.copytree(peers, stage / "peers", dirs_exist_ok=True)
     return out
 
 

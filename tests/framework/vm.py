@@ -187,12 +187,13 @@ class VmProcess:
 
 def start_ember(ctx: Ctx, config: dict, name: str = "ember", extra_flags: list[str] | None = None,
                 pre: list[str] | None = None, echo: bool = False,
-                stdin_pipe: bool = False) -> VmProcess:
+                stdin_pipe: bool = False, binary: Path | None = None) -> VmProcess:
     """ember with `config` as its configuration file (no API), console captured. `pre`: a
-    command prefix (such as `ip netns exec NS`)."""
+    command prefix (such as `ip netns exec NS`); `binary`: another ember build (a
+    benchmark's baseline) instead of the one under test."""
     cfg = ctx.work / f"{name}.json"
     cfg.write_text(json.dumps(config, indent=1))
-    argv = [str(ctx.ember), "--no-api", "--config-file", str(cfg)] + (extra_flags or [])
+    argv = [str(binary or ctx.ember), "--no-api", "--config-file", str(cfg)] + (extra_flags or [])
     # Lets ember report exec -> first KVM_RUN against our clock (CLOCK_MONOTONIC).
     argv += ["--start-time-us", str(int(time.monotonic() * 1_000_000))]
     return VmProcess(name, argv, ctx.work, pre=pre, echo=echo, stdin_pipe=stdin_pipe)

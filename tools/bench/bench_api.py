@@ -9,6 +9,8 @@
   each after a warm-up: p50, p99, max.
 
 No guest is started, so this runs on this machine directly whatever its /dev/kvm is.
+With EMBER_BASELINE=PATH, that other ember build is measured the same way, its exec -> API
+ready runs interleaved with this build's, and the table has both.
 Usage: tools/bench/bench_api.py [RUNS] [REQUESTS]   (default 30 and 2000)"""
 
 from __future__ import annotations
@@ -95,17 +97,8 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * p))]
 
 
-def main() -> int:
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ember"], check=True, cwd=ROOT)
-    ember = str(ROOT / "target/release/ember")
-    work = Path(tempfile.mkdtemp(prefix="ember-bench-api-"))
-    sock = str(work / "api.sock")
-    client, own = [], []
-    for _ in range(RUNS):
-        c, o = ready_once(ember, sock)
-        client.append(c)
-        if o is not None:
-            own.append(o)
+def measure_latencies(ember: str, sock: str) -> tuple[list[float], list[float]]:
+    """GET / and PUT /machine-config latencies (us) on one keep-alive connection."""
     p = subprocess.Popen([ember, "--api-sock", sock], stdout=subprocess.DEVNULL)
     while not os.path.exists(sock):
         time.sleep(0.001)
@@ -114,17 +107,48 @@ def main() -> int:
     put = latencies(sock, "PUT", "/machine-config", b'{"vcpu_count": 2, "mem_size_mib": 256}')
     p.kill()
     p.wait()
-    print(f"API benchmark on this machine, ember at {ROOT}")
-    print(f"{'metric':<52} {'median':>9} {'min':>9} {'max':>9}")
-    print(f"{'exec -> GET / answered (client), ms':<52} {statistics.median(client):>9.2f} "
-          f"{min(client):>9.2f} {max(client):>9.2f}   ({RUNS} runs)")
-    if own:
-        print(f"{'exec -> socket listening (ember log), ms':<52} {statistics.median(own):>9.2f} "
-              f"{min(own):>9.2f} {max(own):>9.2f}   ({len(own)} runs)")
-    print(f"{'metric':<52} {'p50':>9} {'p99':>9} {'max':>9}")
-    for name, xs in (("GET / latency, us", get), ("PUT /machine-config latency, us", put)):
-        print(f"{name:<52} {pct(xs, .5):>9.1f} {pct(xs, .99):>9.1f} {max(xs):>9.1f}   "
-              f"({REQUESTS} requests, keep-alive)")
+    return get, put
+
+
+def main() -> int:
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ember"], check=True, cwd=ROOT)
+    builds = {"ember": str(ROOT / "target/release/ember")}
+    if os.environ.get("EMBER_BASELINE"):
+        builds["baseline"] = os.environ["EMBER_BASELINE"]
+    names = list(builds)
+    work = Path(tempfile.mkdtemp(prefix="ember-bench-api-"))
+    sock = str(work / "api.sock")
+    client: dict[str, list[float]] = {n: [] for n in names}
+    own: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(RUNS):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            c, o = ready_once(builds[name], sock)
+            client[name].append(c)
+            if o is not None:
+                own[name].append(o)
+    lat = {name: measure_latencies(builds[name], sock) for name in names}
+    print(f"API benchmark on this machine ({RUNS} interleaved runs, {REQUESTS} requests)")
+    for name in names:
+        print(f"  {name}: {builds[name]}")
+    print(f"{'metric':<52} {'build':<9} {'median':>9} {'min':>9} {'max':>9}")
+    for name in names:
+        xs = client[name]
+        print(f"{'exec -> GET / answered (client), ms':<52} {name:<9} {statistics.median(xs):>9.2f} "
+              f"{min(xs):>9.2f} {max(xs):>9.2f}")
+    for name in names:
+        xs = own[name]
+        if xs:
+            print(f"{'exec -> socket listening (ember log), ms':<52} {name:<9} "
+                  f"{statistics.median(xs):>9.2f} {min(xs):>9.2f} {max(xs):>9.2f}")
+    print(f"{'metric':<52} {'build':<9} {'p50':>9} {'p99':>9} {'max':>9}")
+    for i, label in enumerate(("GET / latency, us", "PUT /machine-config latency, us")):
+        for name in names:
+            xs = lat[name][i]
+            print(f"{label:<52} {name:<9} {pct(xs, .5):>9.1f} {pct(xs, .99):>9.1f} "
+                  f"{max(xs):>9.1f}")
+    if "baseline" in names:
+        r = statistics.median(client["ember"]) / statistics.median(client["baseline"])
+        print(f"ember/baseline median exec -> GET / answered: {r:.2f}x")
     return 0
 
 

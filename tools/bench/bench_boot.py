@@ -1,5 +1,8 @@
 """Boot benchmark: ember against QEMU (microvm on x86_64, virt on aarch64), same host,
-same kernel and initramfs, interleaved. Registered as the `bench_boot` case of the e2e harness (suite `bench`), so it
+same kernel and initramfs, interleaved. With EMBER_BASELINE=PATH, another ember build (an
+older commit, say) runs beside them in the same rounds, so a change is judged against its
+parent in one run. With FIRECRACKER=PATH (x86_64), Firecracker runs in the same rounds too,
+with the same configuration file. Registered as the `bench_boot` case of the e2e harness (suite `bench`), so it
 runs wherever guest tests run (directly on hardware KVM, or inside the emulated KVM host)."""
 
 from __future__ import annotations
@@ -11,14 +14,37 @@ import time
 
 from framework.vm import (READY, ember_guest_ranges, rss_excluding_guest_kib, start_ember,
                    start_qemu_reference, vm_config)
+from framework.build import peer
 from harness import ALL_ARCHES, case, log
 
 RUNS = int(os.environ.get("EMBER_BENCH_RUNS", "10"))
 
 
-def _boot_once(ctx, vmm: str, i: int) -> dict:
+def _ember_binary(ctx, vmm: str):
+    """The binary for `vmm` ("ember" or "baseline"), None for QEMU."""
     if vmm == "ember":
-        vm = start_ember(ctx, vm_config(ctx), name=f"ember-{i}", extra_flags=["--level", "Info"])
+        return ctx.ember
+    if vmm == "baseline":
+        return peer(ctx.ember, "ember-baseline")
+    if vmm == "firecracker":
+        return peer(ctx.ember, "firecracker")
+    return None
+
+
+def _config(ctx, vmm: str, **kw) -> dict:
+    """The guest's configuration file: the same for every VMM that reads one (Firecracker's
+    file format wants the `drives` key even when empty)."""
+    cfg = vm_config(ctx, **kw)
+    if vmm == "firecracker":
+        cfg["drives"] = []
+    return cfg
+
+
+def _boot_once(ctx, vmm: str, i: int) -> dict:
+    binary = _ember_binary(ctx, vmm)
+    if binary is not None:
+        vm = start_ember(ctx, _config(ctx, vmm), name=f"{vmm}-{i}",
+                         extra_flags=["--level", "Info"], binary=binary)
     else:
         vm = start_qemu_reference(ctx, name=f"qemu-{i}")
     m = vm.wait_for(READY + r".*uptime_ms=(\d+)", timeout=300)
@@ -28,7 +54,7 @@ def _boot_once(ctx, vmm: str, i: int) -> dict:
     assert vm.t_exited is not None
     out = {"ready_ms": ready * 1000, "exit_ms": (vm.t_exited - vm.t_exec) * 1000, "rc": rc,
            "guest_ms": guest_ms, "vmm_ms": ready * 1000 - guest_ms}
-    if vmm == "ember":
+    if binary is not None:
         m = re.search(r"exec to first KVM_RUN: (\d+) us", vm.stderr())
         if m:
             out["first_run_ms"] = int(m.group(1)) / 1000
@@ -42,14 +68,15 @@ def _stats(xs: list[float]) -> str:
 
 
 def _idle_rss(ctx, vmm: str) -> int:
-    if vmm == "ember":
-        vm = start_ember(ctx, vm_config(ctx, mode="stay"), name="ember-idle",
-                         extra_flags=["--level", "Debug"])
+    binary = _ember_binary(ctx, vmm)
+    if binary is not None:
+        vm = start_ember(ctx, _config(ctx, vmm, mode="stay"), name=f"{vmm}-idle",
+                         extra_flags=["--level", "Debug"], binary=binary)
     else:
         vm = start_qemu_reference(ctx, mode="stay", name="qemu-idle")
     vm.wait_for(READY, timeout=300)
     time.sleep(2)
-    if vmm == "ember":
+    if vmm in ("ember", "baseline"):
         ranges = ember_guest_ranges(vm)
         assert ranges, "ember did not log its guest RAM ranges"
         rss = rss_excluding_guest_kib(vm.proc.pid, guest_ranges=ranges)
@@ -61,14 +88,19 @@ def _idle_rss(ctx, vmm: str) -> int:
 
 @case("bench_boot", timeout=3600, suite="bench", arches=ALL_ARCHES)
 def _(ctx):
-    samples: dict[str, list[dict]] = {"ember": [], "qemu": []}
+    vmms = ["ember", "qemu"]
+    if peer(ctx.ember, "ember-baseline") is not None:
+        vmms.insert(1, "baseline")
+    if peer(ctx.ember, "firecracker") is not None and ctx.arch == "x86_64":
+        vmms.insert(1, "firecracker")
+    samples: dict[str, list[dict]] = {vmm: [] for vmm in vmms}
     for i in range(RUNS):
-        # Alternate who goes first so drift in the host's load hits both alike.
-        order = ["ember", "qemu"] if i % 2 == 0 else ["qemu", "ember"]
+        # Rotate who goes first so drift in the host's load hits all alike.
+        order = vmms[i % len(vmms):] + vmms[:i % len(vmms)]
         for vmm in order:
             s = _boot_once(ctx, vmm, i)
             samples[vmm].append(s)
-    rss = {vmm: _idle_rss(ctx, vmm) for vmm in ("ember", "qemu")}
+    rss = {vmm: _idle_rss(ctx, vmm) for vmm in vmms}
 
     def col(vmm, key):
         return [s[key] for s in samples[vmm] if key in s]
@@ -83,18 +115,28 @@ def _(ctx):
     qemu = "qemu virt" if ctx.arch == "aarch64" else "qemu microvm"
     log(f"boot benchmark, {RUNS} interleaved runs each, {where}; guest: 1 vCPU, 128 MiB, "
         f"{kernel} + initramfs, quiet")
-    log(f"{'metric (ms)':34} {'median':>8} {'min':>8} {'max':>8}")
-    for vmm in ("ember", "qemu"):
-        label = "ember" if vmm == "ember" else qemu
-        log(f"{label + ': exec -> ready marker':34} {_stats(col(vmm, 'ready_ms'))}")
-        log(f"{label + ': exec -> exit':34} {_stats(col(vmm, 'exit_ms'))}")
-    # The guest's own clock at the marker (kvm-clock) is reported for ember only: under
-    # QEMU in the emulated host it visibly stalls, so it cannot be compared.
-    log(f"{'ember: guest kernel clock at ready':34} {_stats(col('ember', 'guest_ms'))}")
-    log(f"{'ember: exec -> first KVM_RUN':34} {_stats(col('ember', 'first_run_ms'))}")
+    log(f"{'metric (ms)':40} {'median':>8} {'min':>8} {'max':>8}")
+    labels = {"ember": "ember", "baseline": "ember baseline", "firecracker": "firecracker",
+              "qemu": qemu}
+    for vmm in vmms:
+        label = labels[vmm]
+        log(f"{label + ': exec -> ready marker':40} {_stats(col(vmm, 'ready_ms'))}")
+        log(f"{label + ': exec -> exit':40} {_stats(col(vmm, 'exit_ms'))}")
+    # The guest's own clock at the marker (kvm-clock) is reported for every VMM but QEMU:
+    # under QEMU in the emulated host it visibly stalls, so it cannot be compared.
+    for vmm in [v for v in vmms if v != "qemu"]:
+        label = labels[vmm]
+        log(f"{label + ': guest kernel clock at ready':40} {_stats(col(vmm, 'guest_ms'))}")
+        if vmm != "firecracker":
+            log(f"{label + ': exec -> first KVM_RUN':40} {_stats(col(vmm, 'first_run_ms'))}")
     ratio = statistics.median(col("ember", "ready_ms")) / statistics.median(col("qemu", "ready_ms"))
     log(f"ember/qemu median exec -> ready: {ratio:.2f}x")
-    log(f"RSS excluding guest memory, guest idle: ember {rss['ember']} KiB, "
-        f"{qemu} {rss['qemu']} KiB")
+    for other in ("baseline", "firecracker"):
+        if other in vmms:
+            for key, what in (("ready_ms", "exec -> ready"), ("guest_ms", "guest clock at ready")):
+                r = (statistics.median(col("ember", key)) / statistics.median(col(other, key)))
+                log(f"ember/{other} median {what}: {r:.2f}x")
+    log("RSS excluding guest memory, guest idle: "
+        + ", ".join(f"{labels[v]} {rss[v]} KiB" for v in vmms))
     bad = [s for v in samples.values() for s in v if s["rc"] != 0]
     ctx.data(samples=samples, rss_kib=rss, ratio_ready=ratio, nonzero_exits=len(bad))
