@@ -11,15 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// What the agent was asked to do with an instance whose VMM exits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the agent was asked to do with an instance whose VMM exits. Ordered: a later
+/// request never weakens an earlier one (the order of the variants is their strength) (a terminate asked during a stop stays a
+/// terminate, a reboot asked during a stop does not relaunch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Intent {
     /// Nothing: an exit is the guest's own doing (or a crash).
     Run,
-    /// Stop: the exit makes it `stopped` (`user request`).
-    Stop,
     /// Reboot: the exit starts a new VMM on the same volumes.
     Reboot,
+    /// Stop: the exit makes it `stopped` (`user request`).
+    Stop,
     /// Terminate: the exit makes it `terminated`, its directory removed.
     Terminate,
 }
@@ -86,11 +88,12 @@ impl Agent {
         }
     }
 
-    /// Sets what an exit of `id`'s VMM will mean; returns its exit watch if it runs.
+    /// Sets what an exit of `id`'s VMM will mean (never weaker than what was asked before:
+    /// see [`Intent`]); returns its exit watch if it runs.
     pub(super) fn intend(&self, id: &str, intent: Intent) -> Option<(i64, watch::Receiver<bool>)> {
         let mut procs = self.procs();
         let p = procs.get_mut(id)?;
-        p.intent = intent;
+        p.intent = p.intent.max(intent);
         Some((p.pid, p.exited.clone()))
     }
 
@@ -105,9 +108,26 @@ impl Agent {
     /// recorded (or the VMM could not be reaped).
     pub(super) async fn shut_down(self: &Arc<Self>, id: &str, intent: Intent, force: bool) {
         let Some((pid, mut rx)) = self.intend(id, intent) else {
-            // No VMM (it died, or a launch never got one): record the end directly.
-            log::info!("{id}: no VMM to end");
-            self.record_end(id, intent, "no VMM");
+            // No VMM: it died, a launch never got one, or an earlier request already ended
+            // it. Record the end only if the instance still waits for one; a reboot has
+            // nothing to do (its relaunch, if any, is under way: a second would start two
+            // VMMs on one tap and one set of volumes).
+            let waiting = match intent {
+                Intent::Stop => Some(InstanceState::Stopping),
+                Intent::Terminate => Some(InstanceState::ShuttingDown),
+                Intent::Reboot | Intent::Run => None,
+            };
+            let state = self
+                .db(|c| db::instance(c, id))
+                .ok()
+                .flatten()
+                .map(|i| i.state);
+            if waiting.is_some() && state == waiting {
+                log::info!("{id}: no VMM to end");
+                self.record_end(id, intent, "no VMM");
+            } else {
+                log::info!("{id}: no VMM to end, and nothing waits for it ({intent:?})");
+            }
             return;
         };
         if !force {
@@ -130,8 +150,25 @@ impl Agent {
 
     /// [`Agent::shut_down`] in the background: the verb has answered already.
     pub(super) fn spawn_shut_down(self: &Arc<Self>, id: &str, intent: Intent, force: bool) {
+        // The intent is recorded before the verb answers, so requests that follow it see
+        // it whatever order the tasks run in.
+        let _ = self.intend(id, intent);
         let agent = self.clone();
         let id = id.to_string();
         tokio::spawn(async move { agent.shut_down(&id, intent, force).await });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Intent;
+
+    #[test]
+    fn a_later_request_never_weakens_an_earlier_one() {
+        // What `intend` keeps when two verbs race: the stronger.
+        assert_eq!(Intent::Stop.max(Intent::Reboot), Intent::Stop);
+        assert_eq!(Intent::Stop.max(Intent::Terminate), Intent::Terminate);
+        assert_eq!(Intent::Terminate.max(Intent::Stop), Intent::Terminate);
+        assert_eq!(Intent::Run.max(Intent::Reboot), Intent::Reboot);
     }
 }
