@@ -31,12 +31,18 @@ def first_run_ms(ember: str, config: str) -> float | None:
                           "--level", "Info", "--start-time-us", str(t0)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert p.stderr is not None
-    line = p.stderr.readline()
+    # Other Info lines may come first; the figure is on the first-KVM_RUN line.
+    m = None
+    lines = []
+    for line in p.stderr:
+        lines.append(line.strip())
+        m = re.search(r"exec to first KVM_RUN: (\d+) us", line)
+        if m or len(lines) >= 50:
+            break
     p.kill()
     p.wait()
-    m = re.search(r"exec to first KVM_RUN: (\d+) us", line)
     if not m:
-        print(f"first_run: {ember} did not reach KVM_RUN here: {line.strip()!r}")
+        print(f"first_run: {ember} did not reach KVM_RUN here: {lines[-3:]!r}")
         return None
     return int(m.group(1)) / 1000
 
