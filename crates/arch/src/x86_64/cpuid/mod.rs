@@ -262,14 +262,8 @@ fn max_leaf(entries: &[kvm_cpuid_entry2], base: u32) -> u32 {
     find(entries, base, 0).map_or(0, |e| e.eax)
 }
 
-/// Adds an indexed entry `function.index` with `regs` if the table lacks it and has room.
-/// A table already at `KVM_SET_CPUID2`'s limit (kvm-bindings' `KVM_MAX_CPUID_ENTRIES`)
-/// keeps what KVM gave: the guest then misses an optional topology subleaf, which is
-/// better than not booting at all.
+/// Adds an indexed entry `function.index` with `regs` if the table lacks it.
 fn insert_subleaf(entries: &mut Vec<kvm_cpuid_entry2>, function: u32, index: u32, regs: Registers) {
-    if entries.len() >= kvm_bindings::KVM_MAX_CPUID_ENTRIES {
-        return;
-    }
     if find(entries, function, index).is_none() {
         entries.push(kvm_cpuid_entry2 {
             function,
