@@ -8,8 +8,8 @@ import shutil
 import struct
 import subprocess
 
-from .common import CaseFailed, Ctx, EmulatedHostFault, expect
-from .vm import HEARTBEAT, READY, heartbeat_stopped, start_ember, vm_config
+from .common import Ctx, expect
+from .vm import HEARTBEAT, READY, start_ember, vm_config, wait_or_stall
 
 MIB = 1 << 20
 
@@ -43,14 +43,9 @@ def run_cmd_vm(ctx: Ctx, cmd: str, drives: list[dict], name: str, vcpus: int = 1
     cfg["drives"] = drives
     vm = start_ember(ctx, cfg, name=name)
     vm.wait_for(READY, timeout=300)
-    try:
-        m = vm.wait_for(r"EMBER-CMD-EXIT status=(\d+)", timeout=timeout)
-    except CaseFailed as e:
-        silent = heartbeat_stopped(vm) if heartbeat and ctx.emulated else None
-        if silent is not None:
-            raise EmulatedHostFault(f"{e}\nthe guest's console heartbeat stopped too "
-                                    f"({silent:.0f} s without one)")
-        raise
+    pattern = r"EMBER-CMD-EXIT status=(\d+)"
+    m = (wait_or_stall(ctx, vm, pattern, timeout) if heartbeat
+         else vm.wait_for(pattern, timeout=timeout))
     expect(m.group(1) == "0", f"guest command failed with {m.group(1)}\n{vm.tail()}")
     rc = vm.wait_exit(timeout=60)
     expect(rc == 0, f"ember exited with {rc}\n{vm.tail()}")

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from .common import CaseFailed, Ctx
+from .common import CaseFailed, Ctx, EmulatedHostFault
 
 READY = "EMBER-GUEST-READY"
 _LIVE: list["VmProcess"] = []
@@ -246,6 +246,20 @@ def heartbeat_stopped(vm: "VmProcess", silent_s: float = 60) -> float | None:
     last = beats[-1] if beats else vm.t_exec
     silent = time.monotonic() - last
     return silent if silent > silent_s else None
+
+
+def wait_or_stall(ctx: Ctx, vm: "VmProcess", pattern: str, timeout: float):
+    """`vm.wait_for(pattern)` for a guest that prints HEARTBEAT: under emulation a miss
+    with the heartbeat silent too is the emulated host's stall (EmulatedHostFault, run
+    again), not the device's."""
+    try:
+        return vm.wait_for(pattern, timeout=timeout)
+    except CaseFailed as e:
+        silent = heartbeat_stopped(vm) if ctx.emulated else None
+        if silent is not None:
+            raise EmulatedHostFault(f"{e}\nthe guest's console heartbeat stopped too "
+                                    f"({silent:.0f} s without one)")
+        raise
 
 
 def parse_ready(m_line: str) -> dict[str, int]:
