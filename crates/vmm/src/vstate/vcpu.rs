@@ -30,6 +30,10 @@ pub enum VcpuError {
     #[cfg(target_arch = "x86_64")]
     #[error("vcpu {0}: KVM_SET_CPUID2 failed: {1}")]
     SetCpuid(u8, kvm_ioctls::Error),
+    /// The guest's CPUID table could not be built.
+    #[cfg(target_arch = "x86_64")]
+    #[error("vcpu {0}: {1}")]
+    Cpuid(u8, arch::cpuid::CpuidError),
     /// Boot registers could not be set.
     #[error("vcpu {0}: {1}")]
     Regs(u8, RegsError),
@@ -370,7 +374,10 @@ impl Vcpu {
         kernel: &KernelEntry,
         _mem_size: u64,
     ) -> Result<(), VcpuError> {
-        let cpuid = arch::cpuid::for_vcpu(vm.supported_cpuid(), self.index, vcpu_count);
+        let cpuid = vm
+            .cpuid()
+            .for_vcpu(self.index, vcpu_count)
+            .map_err(|e| VcpuError::Cpuid(self.index, e))?;
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(|e| VcpuError::SetCpuid(self.index, e))?;

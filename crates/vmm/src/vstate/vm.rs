@@ -3,7 +3,7 @@
 
 use kvm_bindings::kvm_userspace_memory_region;
 #[cfg(target_arch = "x86_64")]
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use thiserror::Error;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -36,7 +36,7 @@ pub enum VmError {
 pub struct Vm {
     fd: VmFd,
     #[cfg(target_arch = "x86_64")]
-    supported_cpuid: CpuId,
+    cpuid: arch::cpuid::CpuidSource,
 }
 
 impl Vm {
@@ -54,9 +54,15 @@ impl Vm {
             }
         }
         #[cfg(target_arch = "x86_64")]
-        let supported_cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| VmError::Ioctl("KVM_GET_SUPPORTED_CPUID", e))?;
+        let cpuid = arch::cpuid::CpuidSource {
+            supported: kvm
+                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+                .map_err(|e| VmError::Ioctl("KVM_GET_SUPPORTED_CPUID", e))?,
+            // KVM's api.rst: older KVMs leave TSC-deadline out of the supported CPUID; the
+            // capability says the in-kernel LAPIC emulates it.
+            tsc_deadline_timer: kvm.check_extension(Cap::TscDeadlineTimer),
+            host: arch::cpuid::HostCpuid::read(),
+        };
         let fd = kvm
             .create_vm()
             .map_err(|e| VmError::Ioctl("KVM_CREATE_VM", e))?;
@@ -64,7 +70,7 @@ impl Vm {
         Ok(Vm {
             fd,
             #[cfg(target_arch = "x86_64")]
-            supported_cpuid,
+            cpuid,
         })
     }
 
@@ -147,9 +153,10 @@ impl Vm {
             .map_err(|e| VmError::Ioctl("KVM_CREATE_VCPU", e))
     }
 
-    /// What KVM can offer the guest in CPUID.
+    /// What each vCPU's CPUID is derived from: KVM's supported CPUID, its TSC-deadline
+    /// capability and the host's own CPUID.
     #[cfg(target_arch = "x86_64")]
-    pub fn supported_cpuid(&self) -> &CpuId {
-        &self.supported_cpuid
+    pub fn cpuid(&self) -> &arch::cpuid::CpuidSource {
+        &self.cpuid
     }
 }
