@@ -1,7 +1,6 @@
 //! Placing and loading the initrd, the same on every architecture: page-aligned, as high
 //! as the architecture allows (`top`), never below the kernel (`floor`).
 
-use crate::file_map::GuestFileReader;
 use std::fs::File;
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
@@ -52,10 +51,9 @@ pub fn load<M: GuestMemoryBackend>(
 ) -> Result<InitrdPlacement, InitrdError> {
     let size = initrd.metadata().map_err(InitrdError::Read)?.len();
     let addr = place(size, floor, top)?;
-    let mut reader = GuestFileReader::new(initrd, mem).map_err(InitrdError::Read)?;
     let len = usize::try_from(size)
         .map_err(|_| InitrdError::Read(std::io::ErrorKind::FileTooLarge.into()))?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut reader, len)
+    mem.read_exact_volatile_from(GuestAddress(addr), initrd, len)
         .map_err(|e| InitrdError::Read(std::io::Error::other(e.to_string())))?;
     Ok(InitrdPlacement { addr, size })
 }

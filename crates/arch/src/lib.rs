@@ -11,7 +11,6 @@
 // for some crates only. Tests cast known small values freely.
 #![cfg_attr(not(test), warn(clippy::cast_possible_truncation))]
 
-pub mod file_map;
 pub mod initrd;
 
 #[cfg(target_arch = "aarch64")]

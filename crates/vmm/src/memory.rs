@@ -21,38 +21,111 @@ pub enum MemoryError {
     },
 }
 
-/// Allocates `mib` MiB of guest RAM.
+/// Host alignment of guest RAM. KVM maps guest memory with 2 MiB entries (NPT/EPT on
+/// x86_64, stage-2 blocks on aarch64) only where the host address and the guest address
+/// agree modulo 2 MiB and the host backs the span with a huge page (transparent huge
+/// pages, as the host's policy allows). An anonymous mapping is only page-aligned, so
+/// without this every guest page is mapped and faulted in 4 KiB at a time: measured in
+/// the emulated host, the guest's memmap setup took 173 ms against 2.6 ms under
+/// Firecracker, whose mapping happened to be aligned.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// The host's page size (4 KiB on x86_64; 4, 16 or 64 KiB on aarch64 hosts).
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads a system constant.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).unwrap_or(4096).max(4096)
+}
+
+/// Maps `size` bytes of anonymous, private, read-write memory at a 2 MiB-aligned address,
+/// with an inaccessible guard page on each side: a stray access just outside guest RAM
+/// faults instead of reaching other memory, and the guest RAM mapping never merges with
+/// a neighbouring anonymous mapping (so /proc/PID/smaps shows it as its own range).
+fn map_aligned(size: usize) -> std::io::Result<*mut u8> {
+    let page = page_size();
+    let total = size
+        .checked_add(HUGE_PAGE + 2 * page)
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
+    // SAFETY: a new anonymous mapping at an address the kernel chooses; it replaces
+    // nothing, and the result is checked before use.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            total,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let base_addr = base as usize;
+    // At most base + HUGE_PAGE, so the guard after the region still lies inside `total`.
+    let start = (base_addr + page).next_multiple_of(HUGE_PAGE);
+    let guard_before = start - page;
+    let guard_after = start + size;
+    // SAFETY: both guard pages lie inside the mapping made above, which nothing uses yet.
+    let guarded = unsafe {
+        libc::mprotect(guard_before as *mut libc::c_void, page, libc::PROT_NONE) == 0
+            && libc::mprotect(guard_after as *mut libc::c_void, page, libc::PROT_NONE) == 0
+    };
+    if !guarded {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: the whole mapping made above, still used by nothing.
+        unsafe { libc::munmap(base, total) };
+        return Err(e);
+    }
+    // Give back the slack beyond the guards. Unmapping page-aligned spans of a mapping just
+    // made does not fail; if it did, the slack would only stay reserved, untouched.
+    let head = guard_before - base_addr;
+    if head > 0 {
+        // SAFETY: [base, guard_before) is the head of the mapping made above, unused.
+        unsafe { libc::munmap(base, head) };
+    }
+    let tail_at = guard_after + page;
+    let tail = base_addr + total - tail_at;
+    if tail > 0 {
+        // SAFETY: [tail_at, base + total) is its tail, unused as well.
+        unsafe { libc::munmap(tail_at as *mut libc::c_void, tail) };
+    }
+    Ok(start as *mut u8)
+}
+
+/// Allocates `mib` MiB of guest RAM, each region at a 2 MiB-aligned host address.
 ///
 /// The mapping is not `MAP_NORESERVE`: the host's overcommit policy refuses a size it
 /// could never back, here, with a clear error, instead of the guest being killed later.
-/// Pages are only touched (and counted in RSS) when the guest uses them.
+/// Pages are only touched (and counted in RSS) when the guest uses them. Guest RAM lives
+/// as long as the process (one ember process runs one guest, and its vCPU and device
+/// threads use the memory until the process exits), so nothing unmaps it.
 pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let bytes = mib.checked_mul(1 << 20).ok_or(MemoryError::TooLarge(mib))?;
     let ranges = layout::ram_regions(bytes).ok_or(MemoryError::TooLarge(mib))?;
+    let cannot_map = |reason: String| MemoryError::CannotMap { mib, reason };
     let mut regions = Vec::with_capacity(ranges.len());
     for (addr, size) in ranges {
         let size = usize::try_from(size).map_err(|_| MemoryError::TooLarge(mib))?;
-        let mapping = MmapRegionBuilder::new(size)
+        let ptr = map_aligned(size).map_err(|e| cannot_map(e.to_string()))?;
+        // SAFETY: [ptr, ptr + size) is the mapping map_aligned just made, readable and
+        // writable, and never unmapped (see above), so it stays valid for the region.
+        let builder = unsafe { MmapRegionBuilder::new(size).with_raw_mmap_pointer(ptr) };
+        let mapping = builder
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE)
             .build()
-            .map_err(|e| MemoryError::CannotMap {
-                mib,
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| cannot_map(e.to_string()))?;
         let region = GuestRegionMmap::new(mapping, addr).ok_or(MemoryError::TooLarge(mib))?;
         regions.push(region);
     }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::CannotMap {
-        mib,
-        reason: e.to_string(),
-    })
+    GuestMemoryMmap::from_regions(regions).map_err(|e| cannot_map(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Address, Bytes, GuestMemoryBackend};
+    use vm_memory::{Address, Bytes, GuestMemoryBackend, GuestMemoryRegion};
 
     #[test]
     fn small_guest() {
@@ -63,6 +136,34 @@ mod tests {
         m.write_obj(0xdead_beefu32, at).unwrap();
         assert_eq!(m.read_obj::<u32>(at).unwrap(), 0xdead_beef);
         assert!(m.read_obj::<u32>(base.unchecked_add(16 << 20)).is_err());
+    }
+
+    #[test]
+    fn regions_are_2mib_aligned_in_the_host() {
+        let m = create_guest_memory(64).unwrap();
+        for r in m.iter() {
+            let host = r
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .unwrap() as usize;
+            assert_eq!(
+                host % HUGE_PAGE,
+                0,
+                "region at guest {:#x}",
+                r.start_addr().0
+            );
+            assert_eq!(host % HUGE_PAGE, (r.start_addr().0 as usize) % HUGE_PAGE);
+            // Guard pages on both sides, and the region is a mapping of its own.
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            let perms = |lo: usize, hi: usize| {
+                maps.lines()
+                    .find(|l| l.starts_with(&format!("{lo:x}-{hi:x} ")))
+                    .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+            };
+            let end = host + r.len() as usize;
+            assert_eq!(perms(host, end).as_deref(), Some("rw-p"));
+            assert_eq!(perms(host - page_size(), host).as_deref(), Some("---p"));
+            assert_eq!(perms(end, end + page_size()).as_deref(), Some("---p"));
+        }
     }
 
     #[test]

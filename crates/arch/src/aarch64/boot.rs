@@ -3,7 +3,6 @@
 
 use super::fdt::{self, FdtError, FdtSetup};
 use super::layout::*;
-use crate::file_map::GuestFileReader;
 use crate::initrd::{self, InitrdError, InitrdPlacement};
 use crate::{BootSetup, VirtioDeviceInfo};
 use linux_loader::cmdline::Cmdline;
@@ -60,8 +59,7 @@ pub fn load_kernel<M: GuestMemoryBackend>(
     kernel: &mut File,
     mem_size: u64,
 ) -> Result<KernelEntry, BootError> {
-    let mut reader = GuestFileReader::new(kernel, mem).map_err(BootError::Io)?;
-    let r = match PE::load(mem, Some(GuestAddress(KERNEL_START)), &mut reader, None) {
+    let r = match PE::load(mem, Some(GuestAddress(KERNEL_START)), kernel, None) {
         Ok(r) => r,
         Err(loader::Error::Pe(pe::Error::InvalidImageMagicNumber))
         | Err(loader::Error::Pe(pe::Error::ReadImageHeader)) => return Err(BootError::NotAKernel),
@@ -74,9 +72,9 @@ pub fn load_kernel<M: GuestMemoryBackend>(
     // The kernel's BSS and early page tables follow the file: its header says how much
     // memory it takes in all, and nothing else may be put there.
     let mut size = [0u8; 8];
-    reader
+    kernel
         .seek(SeekFrom::Start(IMAGE_SIZE_OFFSET))
-        .and_then(|_| reader.read_exact(&mut size))
+        .and_then(|_| kernel.read_exact(&mut size))
         .map_err(BootError::Io)?;
     let load = r.kernel_load.raw_value();
     let end = r

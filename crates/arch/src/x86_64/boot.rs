@@ -4,7 +4,6 @@
 use super::layout::*;
 use super::mptable::{self, MpTableError};
 use super::regs::{self, EntryMode, RegsError};
-use crate::file_map::GuestFileReader;
 use crate::initrd::{self, InitrdError, InitrdPlacement};
 use crate::{BootSetup, VirtioDeviceInfo};
 use linux_loader::cmdline::Cmdline;
@@ -79,8 +78,6 @@ pub fn load_kernel<M: GuestMemoryBackend>(
     mem_size: u64,
 ) -> Result<KernelEntry, BootError> {
     let too_big = || BootError::KernelTooBig(mem_size >> 20);
-    let mut kernel = GuestFileReader::new(kernel, mem).map_err(BootError::Io)?;
-    let kernel = &mut kernel;
     match Elf::load(mem, None, kernel, Some(GuestAddress(HIMEM_START))) {
         Ok(r) => {
             let (mode, entry) = match r.pvh_boot_cap {
