@@ -90,19 +90,10 @@ fn map_aligned(size: usize) -> std::io::Result<*mut u8> {
         // SAFETY: [tail_at, base + total) is its tail, unused as well.
         unsafe { libc::munmap(tail_at as *mut libc::c_void, tail) };
     }
-    // Ask for transparent huge pages, as QEMU and Cloud Hypervisor do for guest RAM: on
-    // hosts whose policy is `madvise` (the default of several distributions) the guest
-    // otherwise gets 4 KiB pages only, and loading the kernel alone takes ~2900 page
-    // faults (exec -> first KVM_RUN 18.2 ms against 12.0 ms with it, on our machine
-    // class). A host set to `never` still wins; a kernel without THP refuses the advice,
-    // which changes nothing, so the result is not checked.
-    // SAFETY: advice on the range just mapped; it does not change its contents or validity.
-    unsafe { libc::madvise(start as *mut libc::c_void, size, libc::MADV_HUGEPAGE) };
     Ok(start as *mut u8)
 }
 
-/// Allocates `mib` MiB of guest RAM, each region at a 2 MiB-aligned host address and
-/// advised for transparent huge pages.
+/// Allocates `mib` MiB of guest RAM, each region at a 2 MiB-aligned host address.
 ///
 /// The mapping is not `MAP_NORESERVE`: the host's overcommit policy refuses a size it
 /// could never back, here, with a clear error, instead of the guest being killed later.
