@@ -141,6 +141,8 @@ impl ApiServer {
         std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {
+                // Before the first connection is accepted.
+                seccomp::confine_or_exit(seccomp::ThreadKind::Api);
                 if let Err(e) = self.serve(epoll) {
                     log::error!("API server stopped: {e}");
                 }

@@ -56,13 +56,20 @@ struct Args {
     /// The launcher's CPU time at exec (accepted for Firecracker compatibility).
     #[arg(long = "start-time-cpu-us", value_name = "MICROSECONDS")]
     start_time_cpu_us: Option<u64>,
+    /// A seccomp filter file (seccompiler's JSON format, a filter per thread kind: vmm, api,
+    /// vcpu, block, net) instead of the built-in filters.
+    #[arg(
+        long = "seccomp-filter",
+        value_name = "PATH",
+        conflicts_with = "no_seccomp"
+    )]
+    seccomp_filter: Option<String>,
+    /// Run every thread without a seccomp filter (for debugging; not for untrusted guests).
+    #[arg(long = "no-seccomp")]
+    no_seccomp: bool,
     /// Firecracker flags ember does not implement: refused by name.
     #[arg(long = "boot-timer", hide = true)]
     boot_timer: bool,
-    #[arg(long = "seccomp-filter", hide = true, value_name = "PATH")]
-    seccomp_filter: Option<String>,
-    #[arg(long = "no-seccomp", hide = true)]
-    no_seccomp: bool,
     #[arg(long = "mmds-size-limit", hide = true, value_name = "BYTES")]
     mmds_size_limit: Option<String>,
     #[arg(long = "snapshot-version", hide = true)]
@@ -78,8 +85,6 @@ impl Args {
     fn unsupported_flag(&self) -> Option<&'static str> {
         [
             (self.boot_timer, "--boot-timer"),
-            (self.seccomp_filter.is_some(), "--seccomp-filter"),
-            (self.no_seccomp, "--no-seccomp"),
             (self.mmds_size_limit.is_some(), "--mmds-size-limit"),
             (self.snapshot_version, "--snapshot-version"),
             (self.describe_snapshot.is_some(), "--describe-snapshot"),
@@ -112,6 +117,12 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(flag) = args.unsupported_flag() {
         return Err(format!("{flag} is not supported by ember"));
     }
+    let policy = match (&args.seccomp_filter, args.no_seccomp) {
+        (Some(path), _) => seccomp::Policy::from_file(path).map_err(|e| e.to_string())?,
+        (None, true) => seccomp::Policy::Off,
+        (None, false) => seccomp::Policy::BuiltIn,
+    };
+    seccomp::set_policy(policy).map_err(|e| e.to_string())?;
     let mut config = match &args.config_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -209,6 +220,9 @@ fn run(args: Args) -> Result<(), String> {
         ctl, link,
     )));
     vmm.add_subscriber(api.clone());
+    // The guest runs from here on: the VMM thread handles its devices and the API's requests
+    // under its filter (threads it starts from now inherit it, under their own).
+    seccomp::confine(seccomp::ThreadKind::Vmm).map_err(|e| e.to_string())?;
     let end = vmm.run_until_end().map_err(|e| e.to_string());
     api.lock().unwrap_or_else(|p| p.into_inner()).final_flush();
     end

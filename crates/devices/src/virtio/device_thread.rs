@@ -13,17 +13,21 @@ pub struct DeviceThread<T> {
 }
 
 impl<T: Send + 'static> DeviceThread<T> {
-    /// Starts `body` on a thread called `name`; `body` gets the eventfd that becomes
-    /// readable when it must return.
+    /// Starts `body` on a thread called `name`, confined by `kind`'s seccomp filter before
+    /// `body` runs; `body` gets the eventfd that becomes readable when it must return.
     pub fn spawn(
         name: String,
+        kind: seccomp::ThreadKind,
         body: impl FnOnce(EventFd) -> T + Send + 'static,
     ) -> Result<Self, ActivateError> {
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Thread)?;
         let theirs = stop.try_clone().map_err(ActivateError::Thread)?;
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || body(theirs))
+            .spawn(move || {
+                seccomp::confine_or_exit(kind);
+                body(theirs)
+            })
             .map_err(ActivateError::Thread)?;
         Ok(Self { thread, stop })
     }

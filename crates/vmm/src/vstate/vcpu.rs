@@ -417,6 +417,8 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        // Before the guest runs: every exit is guest input.
+        seccomp::confine_or_exit(seccomp::ThreadKind::Vcpu);
         // From here on a kick sets this vCPU's immediate_exit. The pointer stays valid
         // until it is cleared below: `self` (and with it the fd's kvm_run mapping) lives
         // until this function returns.

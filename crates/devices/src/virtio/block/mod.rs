@@ -147,6 +147,7 @@ impl VirtioDevice for Block {
         // cannot be activated again (reported as BadState).
         self.running = Some(DeviceThread::spawn(
             format!("blk-{}", self.id),
+            seccomp::ThreadKind::Block,
             move |stop| {
                 handles.pause.attach();
                 let handler =

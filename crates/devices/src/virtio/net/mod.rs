@@ -190,6 +190,7 @@ impl VirtioDevice for Net {
         let pause = self.pause.clone();
         self.running = Some(DeviceThread::spawn(
             format!("net-{}", self.id),
+            seccomp::ThreadKind::Net,
             move |stop| {
                 pause.attach();
                 let tap = Worker {
