@@ -156,9 +156,13 @@ def new_work_dir(prefix: str = "e2e") -> Path:
 # look in (under a test's scratch directory), and the lines that must all be in one of them.
 EMULATION_FAULTS = (
     ("*.console", ("PANIC: double fault", "RIP: 0010:entry_SYSCALL_64+0x0/")),
+    # The stall, seen from inside: a vCPU the emulated host stopped running while the
+    # guest's other CPU goes on reports it (seen once after the ready marker, 2 vCPUs).
+    ("*.console", ("rcu: INFO: rcu_sched detected stalls on CPUs",)),
     ("*.stderr", ("the guest triple-faulted (KVM_EXIT_SHUTDOWN)",)),
     # The same, for guests emberd ran (each instance's directory under the agent's state).
     ("state/instances/*/console.log", ("PANIC: double fault", "RIP: 0010:entry_SYSCALL_64+0x0/")),
+    ("state/instances/*/console.log", ("rcu: INFO: rcu_sched detected stalls on CPUs",)),
     ("state/instances/*/ember.log", ("the guest triple-faulted (KVM_EXIT_SHUTDOWN)",)),
     # Written for a test that raised EmulatedHostFault: the guest's console heartbeat (the
     # serial port's interrupt, not the device under test) stopped together with its I/O.
