@@ -15,11 +15,28 @@ fn under_qemu_user() -> bool {
 
 /// Runs `body` in a forked child confined by `prog`; returns the child's wait status.
 fn in_child(prog: &BpfProgram, body: impl FnOnce() -> i32) -> i32 {
+    in_child_with(prog, None, body)
+}
+
+/// [`in_child`], with ember's SIGSYS handler installed first and the thread marked as
+/// `report`'s kind when given.
+fn in_child_with(
+    prog: &BpfProgram,
+    report: Option<&'static str>,
+    body: impl FnOnce() -> i32,
+) -> i32 {
     // SAFETY: the child only installs the filter, makes raw system calls and _exits; it
     // touches no lock another thread of the test harness could hold.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
+        if let Some(kind) = report {
+            if sigsys::install().is_err() {
+                // SAFETY: ends the child.
+                unsafe { libc::_exit(98) };
+            }
+            sigsys::KIND.with(|k| k.set(kind));
+        }
         let code = match seccompiler::apply_filter(prog) {
             Ok(()) => body(),
             Err(_) => 99,
@@ -203,23 +220,7 @@ fn a_forbidden_call_is_reported_and_ends_the_process_with_148() {
         eprintln!("skipped: seccomp filters cannot be installed under qemu-user");
         return;
     }
-    let prog = built_in(ThreadKind::Vcpu);
-    // SAFETY: as in in_child; the handler is installed in the child only.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let code = if sigsys::install().is_ok() && seccompiler::apply_filter(&prog).is_ok() {
-            sigsys::KIND.with(|k| k.set("vcpu"));
-            open_host_file()
-        } else {
-            99
-        };
-        // SAFETY: ends the child.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for that child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let status = in_child_with(&built_in(ThreadKind::Vcpu), Some("vcpu"), open_host_file);
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == sigsys::BAD_SYSCALL_EXIT,
         "status {status:#x}"
