@@ -95,18 +95,18 @@ def peer(ember: Path, name: str) -> Path | None:
 
 
 def build_all(arch: str = ARCH) -> dict[str, Path]:
-    """Builds ember, emberd and emberctl (release) and the guest images for `arch`; returns
-    their locations (emberd and emberctl are beside ember). For another architecture than
-    the host's, ember is cross-built (statically linked: see tools/ci/cargo-aarch64)."""
+    """Builds ember, emberd, emberctl and ember-jailer (release, statically linked:
+    tools/build.sh) and the guest images for `arch`; returns their locations (the others are
+    beside ember). For another architecture than the host's, ember and ember-jailer are
+    cross-built (statically linked too: see tools/ci/cargo-aarch64)."""
     t0 = time.monotonic()
     src = cargo_root()
     if arch == ARCH:
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "ember", "-p", "agent",
-                        "-p", "cli"], check=True, cwd=src)
-        ember = src / "target/release/ember"
+        out = sh([str(ROOT / "tools/build.sh"), "-q"], env=dict(os.environ, EMBER_CARGO_DIR=str(src)))
+        ember = Path(out) / "ember"
     else:
         cargo, out = CROSS_CARGO[arch]
-        subprocess.run([str(src / cargo), "build", "--release", "-q", "-p", "ember"],
+        subprocess.run([str(src / cargo), "build", "--release", "-q", "-p", "ember", "-p", "jailer"],
                        check=True, cwd=src)
         ember = src / out / "ember"
     kernel_dir = Path(sh([str(ROOT / "tools/guest/build-kernel.sh"), arch]))
@@ -130,7 +130,7 @@ def stage_artifacts(paths: dict[str, Path], stage: Path) -> dict[str, Path]:
         out[key] = dst
     out["ember"] = stage / "ember"
     shutil.copy2(paths["ember"], out["ember"])
-    for sibling in ("emberd", "emberctl"):
+    for sibling in ("emberd", "emberctl", "ember-jailer"):
         src = paths["ember"].parent / sibling
         if src.exists():
             shutil.copy2(src, stage / sibling)

@@ -37,9 +37,11 @@ def netns(tag: str):
             raise AssertionError(f"network namespace {name} was left behind")
 
 
-def tap(ns: str, name: str, addr: str | None = None) -> None:
-    """A tap device `name` in namespace `ns`, up, with address `addr` (CIDR) if given."""
-    sh("ip", "-n", ns, "tuntap", "add", "dev", name, "mode", "tap")
+def tap(ns: str, name: str, addr: str | None = None, user: int | None = None) -> None:
+    """A tap device `name` in namespace `ns`, up, with address `addr` (CIDR) if given;
+    `user` owns it (an unprivileged VMM can attach to it then)."""
+    owner = ["user", str(user), "group", str(user)] if user is not None else []
+    sh("ip", "-n", ns, "tuntap", "add", "dev", name, "mode", "tap", *owner)
     if addr:
         sh("ip", "-n", ns, "addr", "add", addr, "dev", name)
     sh("ip", "-n", ns, "link", "set", name, "up")

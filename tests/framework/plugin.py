@@ -41,6 +41,7 @@ from .vm import MicroVM, reap_all
 
 # Run order of the test modules (the old harness's order: cheap boots first).
 MODULE_ORDER = ("test_boot", "test_bad_config", "test_block", "test_net", "test_api", "test_seccomp",
+                "test_jailer",
                 "test_agent", "test_meter")
 FAULT_TAG = "EMULATED-HOST-FAULT"
 # The run's config, for the hooks that are not given it (logstart, logreport, logfinish).

@@ -56,6 +56,10 @@ struct Args {
     /// The launcher's CPU time at exec (accepted for Firecracker compatibility).
     #[arg(long = "start-time-cpu-us", value_name = "MICROSECONDS")]
     start_time_cpu_us: Option<u64>,
+    /// The launcher's own CPU time (accepted for Firecracker compatibility: its jailer
+    /// passes it).
+    #[arg(long = "parent-cpu-time-us", value_name = "MICROSECONDS")]
+    parent_cpu_time_us: Option<u64>,
     /// A seccomp filter file (seccompiler's JSON format, a filter per thread kind: vmm, api,
     /// vcpu, block, net) instead of the built-in filters.
     #[arg(

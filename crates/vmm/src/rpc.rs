@@ -226,8 +226,20 @@ impl Controller {
             }
             Request::PutDrive(id, d) => {
                 self.pre_boot("a drive")?;
+                let opened = (
+                    d.path_on_host.clone(),
+                    d.is_read_only.unwrap_or(false),
+                    builder::cache_type(d.cache_type.unwrap_or_default()),
+                );
                 let drives = upsert(&self.config.drives, d, "drive", &id, |x| &x.drive_id)?;
                 drive::validate_drives(&drives).map_err(model::ConfigError::from)?;
+                // Opened now, as Firecracker does, so a path the VMM cannot open (missing,
+                // outside a jail, not the VMM user's) is refused here, not at InstanceStart.
+                if let (Some(path), read_only, cache) = opened {
+                    DiskFile::open(std::path::Path::new(&path), read_only, cache).map_err(|e| {
+                        RequestError::Invalid(format!("drive {id:?} ({path}): {e}"))
+                    })?;
+                }
                 self.config.drives = drives;
                 done(Answer::Empty)
             }

@@ -1,0 +1,321 @@
+//! The jail on disk: `<base>/<exec name>/<id>/root` with a copy of the VMM binary, the
+//! device nodes it opens, and `/run` for its socket; and the removal of all of it through
+//! directory file descriptors, which still work once the host's tree is out of sight.
+
+use crate::args::Spec;
+use crate::error::{JailError, Result};
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// ELF's program header type for an interpreter request (a dynamically linked binary).
+const PT_INTERP: u32 = 3;
+
+/// A device node the VMM opens, made in the jail for its user only.
+struct Node {
+    /// Path below the jail's root.
+    path: &'static str,
+    major: u32,
+    minor: u32,
+}
+
+/// `/dev/kvm` and `/dev/net/tun` (Linux's fixed numbers, as in devices.txt).
+const NODES: [Node; 2] = [
+    Node {
+        path: "dev/kvm",
+        major: 10,
+        minor: 232,
+    },
+    Node {
+        path: "dev/net/tun",
+        major: 10,
+        minor: 200,
+    },
+];
+
+/// The program interpreter an ELF file asks for, if any; an error if it is not a 64-bit
+/// little-endian ELF file.
+pub fn elf_interpreter(bytes: &[u8]) -> std::result::Result<Option<String>, &'static str> {
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |o: usize| {
+        bytes
+            .get(o..o + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if bytes.get(0..4) != Some(b"\x7fELF".as_slice()) || bytes.get(4..6) != Some(&[2, 1]) {
+        return Err("is not a 64-bit little-endian ELF executable");
+    }
+    let truncated = "is a truncated ELF file";
+    let phoff = u64_at(0x20).ok_or(truncated)?;
+    let phentsize = u16_at(0x36).ok_or(truncated)?;
+    let phnum = u16_at(0x38).ok_or(truncated)?;
+    for k in 0..u64::from(phnum) {
+        let at = phoff
+            .checked_add(k * u64::from(phentsize))
+            .and_then(|a| usize::try_from(a).ok())
+            .ok_or(truncated)?;
+        if u32_at(at).ok_or(truncated)? != PT_INTERP {
+            continue;
+        }
+        let off = u64_at(at + 8).ok_or(truncated)?;
+        let len = u64_at(at + 32).ok_or(truncated)?;
+        let (off, len) = (
+            usize::try_from(off).map_err(|_| truncated)?,
+            usize::try_from(len).map_err(|_| truncated)?,
+        );
+        let raw = bytes
+            .get(off..off.checked_add(len).ok_or(truncated)?)
+            .ok_or(truncated)?;
+        let name = raw.split(|b| *b == 0).next().unwrap_or(raw);
+        return Ok(Some(String::from_utf8_lossy(name).into_owned()));
+    }
+    Ok(None)
+}
+
+/// The exec file must be an executable, statically linked ELF file: the jail holds nothing
+/// but the binary, so a dynamic one would fail at exec, after the jail was made.
+pub fn check_exec_file(path: &Path) -> Result<()> {
+    let bad = |why: String| JailError::path("--exec-file", path, why);
+    let md = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if !md.is_file() {
+        return Err(bad("is not a regular file".into()));
+    }
+    if md.permissions().mode() & 0o111 == 0 {
+        return Err(bad("is not executable".into()));
+    }
+    // Program headers are near the start of any binary we would run; 64 KiB is plenty.
+    let mut head = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
+        .map_err(|e| bad(e.to_string()))?;
+    match elf_interpreter(&head) {
+        Err(why) => Err(bad(why.into())),
+        Ok(Some(interp)) => Err(bad(format!(
+            "is dynamically linked (it needs {interp}), and a jail holds only the binary: \
+             build it statically (docs/jailer.md)"
+        ))),
+        Ok(None) => Ok(()),
+    }
+}
+
+fn cstring(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| JailError::path("path", p, "contains a NUL byte"))
+}
+
+/// Opens directory `p` for the *at calls.
+pub fn open_dir(p: &Path) -> Result<OwnedFd> {
+    let c = cstring(p)?;
+    // SAFETY: a valid C string; the fd returned is owned below.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        )
+    };
+    if fd < 0 {
+        return Err(JailError::io("opening", p, std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Removes `name` in directory `dir` and, if it is a directory, everything below it,
+/// without following symbolic links. Errors are ignored: this is the clean-up of a failure
+/// already being reported.
+pub fn remove_tree_at(dir: &OwnedFd, name: &CStr) {
+    // SAFETY: `dir` is an open directory fd and `name` a valid C string.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_DIRECTORY | libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: `fd` is ours; fdopendir takes it over and closedir closes it.
+        let d = unsafe { libc::fdopendir(fd) };
+        if d.is_null() {
+            // SAFETY: fdopendir failed, so `fd` is still ours to close.
+            unsafe { libc::close(fd) };
+        } else {
+            let mut names = Vec::new();
+            loop {
+                // SAFETY: `d` is an open DIR stream.
+                let ent = unsafe { libc::readdir(d) };
+                if ent.is_null() {
+                    break;
+                }
+                // SAFETY: readdir returned a valid entry whose name is NUL-terminated.
+                let n = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
+                if n.to_bytes() != b"." && n.to_bytes() != b".." {
+                    names.push(n.to_owned());
+                }
+            }
+            // SAFETY: `d` is open; dup keeps a descriptor for the recursion after closedir.
+            let keep = unsafe { libc::dup(libc::dirfd(d)) };
+            // SAFETY: `d` is open and not used after this.
+            unsafe { libc::closedir(d) };
+            if keep >= 0 {
+                // SAFETY: `keep` was just made by dup and is owned by nothing else.
+                let sub = unsafe { OwnedFd::from_raw_fd(keep) };
+                for n in &names {
+                    remove_tree_at(&sub, n);
+                }
+            }
+        }
+        // SAFETY: valid fd and C string.
+        unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) };
+    } else {
+        // SAFETY: valid fd and C string.
+        unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+    }
+}
+
+/// chown(2) of `p` to the VMM's user.
+fn chown(p: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(|e| JailError::io("chown", p, e))
+}
+
+/// The chroot base exists (made if missing) and is a directory.
+pub fn check_base(base: &Path) -> Result<()> {
+    match std::fs::metadata(base) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) => Err(JailError::path(
+            "--chroot-base-dir",
+            base,
+            "is not a directory",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(base).map_err(|e| JailError::io("creating", base, e))
+        }
+        Err(e) => Err(JailError::path("--chroot-base-dir", base, e.to_string())),
+    }
+}
+
+/// Creates `<base>/<exec name>/<id>` (which must not exist yet) and returns an fd of its
+/// parent, with which the whole jail can be removed later.
+pub fn create_jail_dir(spec: &Spec) -> Result<OwnedFd> {
+    let parent = spec
+        .jail_dir
+        .parent()
+        .ok_or_else(|| JailError::path("--chroot-base-dir", &spec.jail_dir, "has no parent"))?;
+    match std::fs::create_dir(parent) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(JailError::io("creating", parent, e)),
+    }
+    let fd = open_dir(parent)?;
+    std::fs::create_dir(&spec.jail_dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            JailError::path(
+                "--id",
+                &spec.jail_dir,
+                format!(
+                    "the jail already exists (another VMM with id {}?); remove it first",
+                    spec.id
+                ),
+            )
+        } else {
+            JailError::io("creating", &spec.jail_dir, e)
+        }
+    })?;
+    Ok(fd)
+}
+
+/// Fills the jail: its root (owned by the VMM's user, so it can make its socket there),
+/// `/run` likewise, the binary copied in (root's, read-only to the VMM), and the device
+/// nodes (the VMM's user's, mode 0600).
+pub fn populate(spec: &Spec) -> Result<()> {
+    let root = spec.root();
+    let mkdir = |p: &Path| std::fs::create_dir(p).map_err(|e| JailError::io("creating", p, e));
+    mkdir(&root)?;
+    for d in ["dev", "dev/net", "run"] {
+        mkdir(&root.join(d))?;
+    }
+    let exec = root.join(&spec.exec_name);
+    std::fs::copy(&spec.exec_file, &exec).map_err(|e| JailError::io("copying to", &exec, e))?;
+    std::fs::set_permissions(&exec, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| JailError::io("chmod", &exec, e))?;
+    for n in &NODES {
+        let p = root.join(n.path);
+        let c = cstring(&p)?;
+        let dev = libc::makedev(n.major, n.minor);
+        // SAFETY: a valid C string; mknod only creates the node.
+        if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, dev) } != 0 {
+            return Err(JailError::io("mknod", &p, std::io::Error::last_os_error()));
+        }
+        chown(&p, spec.uid, spec.gid)?;
+    }
+    chown(&root, spec.uid, spec.gid)?;
+    chown(&root.join("run"), spec.uid, spec.gid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_test_binary_is_an_elf_file_and_garbage_is_not() {
+        let me = std::fs::read("/proc/self/exe").unwrap();
+        assert!(elf_interpreter(&me).is_ok());
+        assert!(elf_interpreter(b"#!/bin/sh\n").is_err());
+        assert_eq!(
+            elf_interpreter(b"\x7fELF\x02\x01"),
+            Err("is a truncated ELF file")
+        );
+    }
+
+    #[test]
+    fn a_dynamic_binary_names_its_interpreter() {
+        // /bin/sh is dynamically linked on every Debian host.
+        let sh = std::fs::read("/bin/sh").unwrap();
+        let interp = elf_interpreter(&sh).unwrap().unwrap();
+        assert!(interp.contains("ld-linux"), "{interp}");
+        let e = check_exec_file(Path::new("/bin/sh"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is dynamically linked"), "{e}");
+        let e = check_exec_file(Path::new("/nonexistent"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--exec-file /nonexistent: No such file"),
+            "{e}"
+        );
+        let plain = std::env::temp_dir().join(format!("jailer-plain-{}", std::process::id()));
+        std::fs::write(&plain, b"data").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = check_exec_file(&plain).unwrap_err().to_string();
+        std::fs::remove_file(&plain).unwrap();
+        assert!(e.contains("is not executable"), "{e}");
+    }
+
+    #[test]
+    fn trees_are_removed_through_a_directory_fd() {
+        let base = std::env::temp_dir().join(format!("jailer-rm-{}", std::process::id()));
+        std::fs::create_dir_all(base.join("t/a/b")).unwrap();
+        std::fs::write(base.join("t/a/b/f"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", base.join("t/link")).unwrap();
+        let fd = open_dir(&base).unwrap();
+        remove_tree_at(&fd, c"t");
+        assert!(!base.join("t").exists());
+        assert!(Path::new("/etc/hostname").exists());
+        std::fs::remove_dir(&base).unwrap();
+    }
+}
