@@ -9,8 +9,12 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from .api import call
+
+# Where emberd makes its instances' cgroups (the cgroup v2 hierarchy).
+CGROUPS = Path("/sys/fs/cgroup")
 from .common import Ctx, expect
 from .vm import guest_cmdline
 
@@ -34,9 +38,14 @@ class Emberd:
         """Starts emberd (again, after kill9) and waits until its socket answers."""
         log = open(self.ctx.work / f"{self.name}.log", "a")
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, str(self.bin / "emberd"), "--socket", self.sock,
+            # `ip netns exec` mounts a fresh /sys for the namespace, which hides the cgroup2
+            # hierarchy under it: mounted again there, as a host has it.
+            ["ip", "netns", "exec", self.ns, "sh", "-c",
+             "mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup; exec \"$0\" \"$@\"",
+             str(self.bin / "emberd"), "--socket", self.sock,
              "--state-dir", str(self.state), "--bridge", "ember0", "--subnet", SUBNET,
-             "--ember", str(self.ctx.ember), "--stop-timeout", "30", "--run-dir", self.run_dir,
+             "--ember", str(self.ctx.ember), "--jailer", str(self.bin / "ember-jailer"),
+             "--stop-timeout", "30", "--run-dir", self.run_dir,
              *self.extra],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 30
@@ -117,7 +126,25 @@ class Emberd:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
         # Whatever VMMs are left (the namespace's removal does not end processes).
-        subprocess.run(["pkill", "-9", "-f", f"api-sock {self.run_dir}/"], check=False)
+        for pid in self.vmm_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def vmm_pids(self) -> list[int]:
+        """The VMMs this agent started that still run: the processes in the cgroups of its
+        instances (every VMM runs in /sys/fs/cgroup/emberd/<instance id>)."""
+        ids = {d.name for sub in ("instances", "jail/ember") if (self.state / sub).is_dir()
+               for d in (self.state / sub).iterdir()}
+        out = []
+        for iid in ids:
+            try:
+                out += [int(p) for p in
+                        (CGROUPS / "emberd" / iid / "cgroup.procs").read_text().split()]
+            except OSError:
+                pass
+        return out
 
 
 def register(agent: Emberd, ctx: Ctx, cmd: str) -> str:

@@ -92,12 +92,16 @@ pub fn ensure_bridge(name: &str, gateway_cidr: &str) -> io::Result<()> {
     ip(&["link", "set", name, "up"])
 }
 
-/// Creates tap `name` on `bridge`, up.
-pub fn create_tap(name: &str, bridge: &str) -> io::Result<()> {
+/// Creates tap `name` on `bridge`, up, owned by `uid` (so the jailed VMM, running as it,
+/// can attach to it and no other user can).
+pub fn create_tap(name: &str, bridge: &str, uid: u32) -> io::Result<()> {
     if link_exists(name) {
         delete_link(name)?;
     }
-    ip(&["tuntap", "add", "dev", name, "mode", "tap"])?;
+    let uid = uid.to_string();
+    ip(&[
+        "tuntap", "add", "dev", name, "mode", "tap", "user", &uid, "group", &uid,
+    ])?;
     ip(&["link", "set", name, "master", bridge])?;
     ip(&["link", "set", name, "up"])
 }

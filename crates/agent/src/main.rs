@@ -12,7 +12,8 @@ use std::time::Duration;
 #[command(name = "emberd", version)]
 struct Args {
     /// A JSON file with any of `socket`, `state_dir`, `bridge`, `subnet`, `ember`,
-    /// `stop_timeout`, `run_dir`, `sample_interval`; flags given on the command line win.
+    /// `stop_timeout`, `run_dir`, `sample_interval`, `jailer`, `chroot_base_dir`,
+    /// `uid_range`, `memory_overhead_mib`; flags given on the command line win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The API socket.
@@ -39,6 +40,40 @@ struct Args {
     /// Seconds between usage samples (1 to 300); usage is also sampled at every state change.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
     sample_interval: u64,
+    /// The ember-jailer binary every VMM is started through.
+    #[arg(long, default_value = "ember-jailer")]
+    jailer: PathBuf,
+    /// Where jails are made (default: <state-dir>/jail; it must be on the state
+    /// directory's file system: volumes are hard-linked into jails).
+    #[arg(long, value_name = "DIR")]
+    chroot_base_dir: Option<PathBuf>,
+    /// The VMMs' uids and gids, START-END (at least 256): an instance runs as START plus
+    /// the last octet of its address.
+    #[arg(long, default_value = "900000-900255", value_parser = parse_uid_range)]
+    uid_range: (u32, u32),
+    /// Memory a VMM may use beyond its guest's (its cgroup's memory.max is the guest's
+    /// memory plus this), in MiB.
+    #[arg(long, default_value_t = 64)]
+    memory_overhead_mib: u64,
+}
+
+/// `START-END` with END - START + 1 >= 256 (one uid per address of the /24), START > 0.
+fn parse_uid_range(s: &str) -> Result<(u32, u32), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: must be START-END"))?;
+    let (a, b): (u32, u32) = (
+        a.parse()
+            .map_err(|_| format!("{s:?}: START is not a number"))?,
+        b.parse()
+            .map_err(|_| format!("{s:?}: END is not a number"))?,
+    );
+    if a == 0 || b < a || b - a < 255 {
+        return Err(format!(
+            "{s:?}: must not include 0 and must span at least 256 ids (one per address)"
+        ));
+    }
+    Ok((a, b))
 }
 
 /// The config file's keys.
@@ -53,6 +88,10 @@ struct FileConfig {
     stop_timeout: Option<u64>,
     run_dir: Option<PathBuf>,
     sample_interval: Option<u64>,
+    jailer: Option<PathBuf>,
+    chroot_base_dir: Option<PathBuf>,
+    uid_range: Option<String>,
+    memory_overhead_mib: Option<u64>,
 }
 
 /// Applies the config file under the flags the user gave explicitly.
@@ -94,6 +133,19 @@ fn merge(mut args: Args, matches: &clap::ArgMatches) -> Result<Args, String> {
         }
         args.sample_interval = v;
     }
+    if let (Some(v), false) = (f.jailer, given("jailer")) {
+        args.jailer = v;
+    }
+    if let (Some(v), false) = (f.chroot_base_dir, given("chroot_base_dir")) {
+        args.chroot_base_dir = Some(v);
+    }
+    if let (Some(v), false) = (f.uid_range, given("uid_range")) {
+        args.uid_range =
+            parse_uid_range(&v).map_err(|e| format!("{}: uid_range {e}", path.display()))?;
+    }
+    if let (Some(v), false) = (f.memory_overhead_mib, given("memory_overhead_mib")) {
+        args.memory_overhead_mib = v;
+    }
     Ok(args)
 }
 
@@ -124,7 +176,26 @@ fn resolve(p: PathBuf) -> PathBuf {
 }
 
 async fn serve(args: Args) -> Result<(), String> {
+    let mounts =
+        std::fs::read_to_string("/proc/mounts").map_err(|e| format!("/proc/mounts: {e}"))?;
+    let cgroup_root = agent::instances::jail::cgroup2_mount(&mounts).ok_or(
+        "no cgroup v2 hierarchy is mounted (every VMM runs in a cgroup of its own): \
+         mount -t cgroup2 none /sys/fs/cgroup",
+    )?;
+    let jailer = resolve(args.jailer);
+    if !jailer.is_file() {
+        return Err(format!("--jailer {}: no such file", jailer.display()));
+    }
     let settings = Settings {
+        jail: agent::instances::jail::JailSettings {
+            jailer,
+            chroot_base: args
+                .chroot_base_dir
+                .unwrap_or_else(|| args.state_dir.join("jail")),
+            uid_start: args.uid_range.0,
+            memory_overhead_mib: args.memory_overhead_mib,
+            cgroup_root,
+        },
         state_dir: args.state_dir,
         bridge: args.bridge,
         subnet: args.subnet,

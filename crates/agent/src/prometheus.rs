@@ -160,6 +160,26 @@ pub fn render(a: &Agent) -> Result<String, AgentError> {
         }
     }
     {
+        // A cross-check of the metered vCPU time, from the kernel's own accounting: the
+        // whole VMM process (vCPU threads included) of each instance whose VMM runs now.
+        let name = "ember_instance_cgroup_cpu_seconds_total";
+        let mut f = Family::new(
+            &mut out,
+            name,
+            "counter",
+            "CPU time of the running VMM's cgroup (cpu.stat usage_usec): its whole process, vCPU threads included.",
+        );
+        for i in instances.iter().filter(|i| i.state.has_vmm()) {
+            if let Some(us) = a.jail_of(i).cpu_usage_us() {
+                let labels = [
+                    ("instance_id", i.id.as_str()),
+                    ("instance_type", i.instance_type.as_str()),
+                ];
+                f.sample(name, &labels, us as f64 / 1e6);
+            }
+        }
+    }
+    {
         let name = "ember_instance_memory_configured_bytes";
         let mut f = Family::new(&mut out, name, "gauge", "Memory of the instance's type.");
         for i in &instances {

@@ -37,6 +37,7 @@ impl Agent {
         log::info!("{}: its VMM is gone; marking it stopped", inst.id);
         let _ = host::delete_link(&inst.tap);
         let _ = std::fs::remove_file(self.api_socket(&inst.id));
+        self.clear_jail(inst);
         let (state, reason) = if inst.state == InstanceState::ShuttingDown {
             (InstanceState::Terminated, "user request")
         } else {

@@ -1,6 +1,7 @@
-//! Launching: a tap, an `ember` process in its own process group, then its configuration
-//! over its API with the model crate's types (the same types ember parses), then
-//! `InstanceStart`.
+//! Launching: a tap, an `ember` process in its own process group and its own jail (made
+//! by `ember-jailer`: see `jail`), the instance's files linked into the jail, then its
+//! configuration over its API with the model crate's types (the same types ember parses),
+//! then `InstanceStart`.
 
 use super::supervise::{Intent, Proc};
 use super::{Agent, AgentError};
@@ -69,6 +70,9 @@ pub enum LaunchError {
     /// The socket did not appear.
     #[error("the VMM's API socket never answered")]
     NeverAnswered,
+    /// The jailer or the VMM exited before answering; its last line.
+    #[error("the VMM did not start: {0}")]
+    Jail(String),
     /// A configuration request failed; the message is ember's.
     #[error("{step}: {source}")]
     Configure {
@@ -252,8 +256,9 @@ impl Agent {
         let vols = self.db(|c| db::volumes(c, id))?;
         let dir = PathBuf::from(&inst.dir);
         let sock = self.api_socket(id);
-        let (bridge, tap) = (self.settings.bridge.clone(), inst.tap.clone());
-        tokio::task::spawn_blocking(move || host::create_tap(&tap, &bridge))
+        let jail = self.jail_of(&inst);
+        let (bridge, tap, uid) = (self.settings.bridge.clone(), inst.tap.clone(), jail.uid);
+        tokio::task::spawn_blocking(move || host::create_tap(&tap, &bridge, uid))
             .await?
             .map_err(|source| LaunchError::Tap {
                 tap: inst.tap.clone(),
@@ -269,12 +274,25 @@ impl Agent {
         };
         let console = open_log("console.log")?;
         let log = open_log("ember.log")?;
+        // What an earlier VMM of this instance left (if the host went down with it).
+        {
+            let jail = jail.clone();
+            tokio::task::spawn_blocking(move || jail.clear()).await?;
+        }
+        // The agent reaches the socket inside the jail through a short link in run_dir
+        // (a socket's path is limited to 107 bytes; the link's target is not).
         let _ = std::fs::remove_file(&sock);
-        let mut child = tokio::process::Command::new(&self.settings.ember)
-            .arg("--api-sock")
-            .arg(&sock)
-            .arg("--id")
-            .arg(id)
+        std::os::unix::fs::symlink(jail.socket(), &sock).map_err(|source| LaunchError::File {
+            path: sock.clone(),
+            source,
+        })?;
+        let jailer = &self.settings.jail.jailer;
+        let mut child = tokio::process::Command::new(jailer)
+            .args(
+                self.settings
+                    .jail
+                    .args(&jail, id, &itype, &self.settings.ember),
+            )
             .stdin(Stdio::null())
             .stdout(console)
             .stderr(log)
@@ -283,7 +301,7 @@ impl Agent {
             .kill_on_drop(false)
             .spawn()
             .map_err(|source| LaunchError::Spawn {
-                ember: self.settings.ember.clone(),
+                ember: jailer.clone(),
                 source,
             })?;
         let pid = i64::from(child.id().ok_or(LaunchError::NoPid)?);
@@ -321,21 +339,39 @@ impl Agent {
                 let _ = tx.send(true);
             });
         }
-        let setup = VmmSetup::new(&inst, &image, &itype, &vols, &dir, self.gateway());
-        // The socket appears within milliseconds of exec.
+        let mut setup = VmmSetup::new(&inst, &image, &itype, &vols, &dir, self.gateway());
+        // The socket appears within milliseconds of exec (the jail is made by then).
         let ping = self.vmm(id, Duration::from_secs(1));
-        let mut ready = false;
-        for _ in 0..200 {
+        let (mut ready, mut exited) = (false, false);
+        for _ in 0..500 {
             if ping.answers().await {
                 ready = true;
+                break;
+            }
+            exited = self.procs().get(id).is_none_or(|p| *p.exited.borrow());
+            if exited {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if !ready {
             self.kill(id);
-            return Err(LaunchError::NeverAnswered);
+            return Err(match (exited, last_line(&dir.join("ember.log"))) {
+                (true, Some(line)) => LaunchError::Jail(line),
+                _ => LaunchError::NeverAnswered,
+            });
         }
+        let furnished = {
+            let jail = jail.clone();
+            tokio::task::spawn_blocking(move || jail.furnish(&mut setup).map(|()| setup)).await?
+        };
+        let setup = match furnished {
+            Ok(s) => s,
+            Err(e) => {
+                self.kill(id);
+                return Err(e);
+            }
+        };
         if let Err(e) = setup.apply(&self.vmm(id, CONFIGURE_TIMEOUT)).await {
             self.kill(id);
             return Err(e);
@@ -358,6 +394,15 @@ impl Agent {
         log::info!("{id}: running");
         Ok(())
     }
+}
+
+/// The last non-empty line of a log file.
+fn last_line(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(str::to_string)
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! - [`images`]: registering and deregistering images.
 //! - [`capacity`]: the host's memory budget and the subnet's addresses.
 //! - [`create`]: `run`: checks, then each instance's record and volumes.
-//! - [`launch`]: starting `ember` and configuring it over its API.
+//! - [`jail`]: each VMM's jail (its uid, chroot and cgroup), made by `ember-jailer`.
+//! - [`launch`]: starting `ember` (jailed) and configuring it over its API.
 //! - [`supervise`]: watching VMMs, recording their exits, shutting them down.
 //! - [`verbs`]: stop, start, reboot, terminate, console.
 //! - [`adopt`]: taking over the VMMs that outlived an agent restart.
@@ -19,6 +20,7 @@ pub mod capacity;
 pub mod create;
 pub mod error;
 pub mod images;
+pub mod jail;
 pub mod launch;
 pub mod state;
 pub mod supervise;
@@ -59,6 +61,8 @@ pub struct Settings {
     pub run_dir: PathBuf,
     /// How often usage is sampled (it is also sampled at every state change).
     pub sample_interval: Duration,
+    /// How every VMM is jailed.
+    pub jail: jail::JailSettings,
 }
 
 /// The agent's own counters, for `GET /metrics`.
@@ -109,7 +113,10 @@ impl Agent {
     /// An agent on `settings`, its database opened.
     pub fn open(settings: Settings) -> Result<Arc<Agent>, OpenError> {
         let dirs = ["images", "instances"].map(|sub| settings.state_dir.join(sub));
-        for dir in dirs.iter().chain([&settings.run_dir]) {
+        for dir in dirs
+            .iter()
+            .chain([&settings.run_dir, &settings.jail.chroot_base])
+        {
             std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
                 path: dir.clone(),
                 source,
@@ -131,6 +138,20 @@ impl Agent {
     /// The API socket of instance `id`'s VMM.
     pub fn api_socket(&self, id: &str) -> PathBuf {
         self.settings.run_dir.join(format!("{id}.sock"))
+    }
+
+    /// Instance `inst`'s jail.
+    pub fn jail_of(&self, inst: &Instance) -> jail::Jail {
+        self.settings.jail.jail(inst, &self.settings.ember)
+    }
+
+    /// Removes instance `inst`'s jail and cgroup after its VMM's exit; a cgroup still busy
+    /// is retried in the background.
+    pub fn clear_jail(&self, inst: &Instance) {
+        let jail = self.jail_of(inst);
+        if !jail.clear_once() {
+            jail.clear_later();
+        }
     }
 
     /// Runs `f` on the database.

@@ -68,6 +68,10 @@ impl Agent {
         };
         let _ = host::delete_link(&inst.tap);
         let _ = std::fs::remove_file(self.api_socket(id));
+        if intent != Intent::Reboot {
+            // (A reboot's launch clears the old jail itself, before making the new one.)
+            self.clear_jail(&inst);
+        }
         let result = match intent {
             Intent::Terminate => {
                 // The sample reads the VMM's last metrics line before the directory goes.

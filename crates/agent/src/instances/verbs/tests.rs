@@ -19,6 +19,13 @@ fn agent(name: &str) -> Arc<Agent> {
         stop_timeout: Duration::from_secs(1),
         run_dir: base.join("run"),
         sample_interval: Duration::from_secs(5),
+        jail: crate::instances::jail::JailSettings {
+            jailer: "/nonexistent/ember-jailer".into(),
+            chroot_base: base.join("state/jail"),
+            uid_start: 100_000,
+            memory_overhead_mib: 64,
+            cgroup_root: base.join("cgroup"),
+        },
     })
     .unwrap()
 }
