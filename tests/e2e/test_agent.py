@@ -4,8 +4,10 @@ own, so its bridge and taps go with the namespace."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -112,6 +114,8 @@ def test_agent_bad_requests_get_the_right_4xx(ctx, emberd):
         ("POST", "/v1/instances/i-00000000000000000/stop", None, 404, "InvalidInstanceID.NotFound"),
         ("GET", "/v1/instances?colour=red", None, 400, "InvalidParameter"),
         ("GET", "/v1/nothing", None, 404, "UnknownPath"),
+        ("DELETE", "/v1/instances", None, 405, "MethodNotAllowed"),
+        ("PUT", "/v1/types", {}, 405, "MethodNotAllowed"),
     ]
     for method, path, body, status, code in checks:
         got, answer = call(s, method, path, body)
@@ -119,6 +123,20 @@ def test_agent_bad_requests_get_the_right_4xx(ctx, emberd):
                f"{method} {path} {body}: {got} {answer}")
     got, answer = call(s, "POST", "/v1/instances", raw=b'{"image_id": ')
     expect(got == 400 and answer["code"] == "MalformedRequest", f"malformed: {got} {answer}")
+    # Framing errors hyper would answer with an empty body: emberd's error body, then close.
+    for raw in (b"GARBAGE\r\n\r\n", b"GET /v1/types HTTP/1.1\r\nBad\x01Header: x\r\n\r\n",
+                b"GET /v1/ty pes HTTP/1.1\r\n\r\n"):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(s)
+        c.settimeout(10)
+        c.sendall(raw)
+        reply = b""
+        while chunk := c.recv(4096):
+            reply += chunk
+        c.close()
+        head, _, body = reply.partition(b"\r\n\r\n")
+        expect(head.startswith(b"HTTP/1.1 400") and json.loads(body)["code"] == "MalformedRequest",
+               f"{raw!r}: {reply!r}")
     r = agent.ctl("run", "--image", image, "--type", "nope", check=False)
     expect(r.returncode == 1 and "InvalidInstanceType" in r.stderr, f"emberctl: {r.stderr!r}")
     expect(call(s, "GET", "/v1/types")[0] == 200, "not serving after bad requests")

@@ -211,6 +211,37 @@ def test_api_bad_input_gets_clear_errors_and_the_server_keeps_serving(ctx):
     vm.kill()
 
 
+def test_api_half_sent_requests_time_out_and_the_owner_gets_in(ctx):
+    vm, sock = start_api_ember(ctx, "slots")
+    slow = []
+    for _ in range(64):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(sock)
+        s.sendall(b"PUT /machine-config HTTP/1.1\r\nContent-Le")
+        slow.append(s)
+    # Every slot holds half a request; within ember's 10 s request timeout they are cut
+    # off with a 408, and the owner's request is answered.
+    t0 = time.monotonic()
+    while True:
+        try:
+            code, info = call(sock, "GET", "/")
+            if code == 200:
+                break
+        except OSError:
+            pass
+        expect(time.monotonic() - t0 < 60, "the owner never got a slot back")
+        time.sleep(0.5)
+    expect(info["state"] == "Not started", f"GET /: {info}")
+    s = slow[0]
+    s.settimeout(10)
+    answer = s.recv(4096).decode(errors="replace")
+    expect(answer.startswith("HTTP/1.1 408") and "did not arrive whole" in answer,
+           f"a half-sent request got {answer!r}")
+    for s in slow:
+        s.close()
+    vm.kill()
+
+
 def test_api_socket_and_flags(ctx):
     # A stale socket file is replaced; the socket is 0600.
     stale = ctx.work / "stale.sock"

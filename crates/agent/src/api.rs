@@ -69,6 +69,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
             }
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(
             agent.clone(),
             count_requests,
@@ -230,6 +231,62 @@ async fn count_requests(
         .entry(key)
         .or_insert(0) += 1;
     resp
+}
+
+/// Gives every error answer emberd's `{"code","message"}` body, also those axum makes
+/// itself (a wrong method's 405, an oversized body's 413), which have a plain-text or
+/// empty one.
+async fn json_errors(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::header::{ALLOW, CONTENT_TYPE};
+    use axum::response::IntoResponse;
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    let json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if resp.status().as_u16() < 400 || json {
+        return resp;
+    }
+    let status = resp.status();
+    let allow = resp.headers().get(ALLOW).cloned();
+    let text = axum::body::to_bytes(resp.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "MethodNotAllowed",
+            format!(
+                "{method} is not allowed on this path (allowed: {})",
+                allow
+                    .as_ref()
+                    .and_then(|a| a.to_str().ok())
+                    .unwrap_or("none")
+            ),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ("RequestTooLarge", format!("body over {MAX_BODY} bytes")),
+        s if s.is_server_error() => ("InternalError", text),
+        _ => ("MalformedRequest", text),
+    };
+    let message = if message.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        message
+    };
+    let mut out = ApiError {
+        status,
+        code,
+        message,
+    }
+    .into_response();
+    if let Some(a) = allow {
+        out.headers_mut().insert(ALLOW, a);
+    }
+    out
 }
 
 /// A time given as Unix seconds (`1764201600`, `1764201600.5`) or RFC 3339 UTC

@@ -1,7 +1,8 @@
 //! emberd, the host agent: runs `ember` instances the way EC2 runs instances.
 //!
 //! - [`api`]: the REST API (axum on a Unix socket); [`error`]: its error answers, and the
-//!   only place domain errors become HTTP statuses.
+//!   only place domain errors become HTTP statuses; [`serve`]: its connections (request
+//!   heads checked before hyper, so framing errors get emberd's error body too).
 //! - [`instances`]: instances' lives, one module per job (transitions and sampling,
 //!   images, capacity, creating, launching and configuring ember, supervision, the
 //!   lifecycle verbs, adoption after a restart).
@@ -22,4 +23,5 @@ pub mod ids;
 pub mod instances;
 pub mod meter;
 pub mod prometheus;
+pub mod serve;
 pub mod types;

@@ -238,7 +238,7 @@ async fn serve(args: Args) -> Result<(), String> {
         });
     }
     log::info!("serving on {}", args.socket.display());
-    axum::serve(listener, agent::api::router(agent))
+    agent::serve::serve(listener, agent::api::router(agent))
         .await
         .map_err(|e| e.to_string())
 }

@@ -1,7 +1,11 @@
 //! The API thread. It owns the listening socket and every client connection, all
 //! non-blocking under one epoll: a client that sends half a request, or never reads its
-//! answers, only holds its own buffers (bounded), never the thread. Complete requests
-//! go to the VMM one at a time; the VMM answers quickly (it never waits on the guest).
+//! answers, only holds its own buffers (bounded), never the thread, and only for a while:
+//! a request must arrive whole within [`REQUEST_TIMEOUT`] of its first byte (else 408 and
+//! the connection is closed), answers must be taken within it, and a connection with
+//! nothing in flight is closed after [`IDLE_TIMEOUT`], or at once when all
+//! [`MAX_CLIENTS`] slots are taken and a new client comes. Complete requests go to the
+//! VMM one at a time; the VMM answers quickly (it never waits on the guest).
 
 use crate::http::{self, Response};
 use crate::routes::{self, path_label, ParsedRequest};
@@ -14,7 +18,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -23,6 +27,11 @@ use vmm_sys_util::eventfd::EventFd;
 pub const MAX_CLIENTS: usize = 64;
 /// How long the API waits for the VMM's answer before telling the client it is busy.
 const VMM_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a request may take to arrive whole (from its first byte), and a client to take
+/// its answers.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection with nothing in flight stays open.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Errors starting the API server.
 #[derive(Debug, Error)]
@@ -83,6 +92,8 @@ pub struct ApiServer {
     wake: EventFd,
     counters: Arc<ApiCounters>,
     late_answers: usize,
+    request_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl ApiServer {
@@ -125,9 +136,18 @@ impl ApiServer {
                 wake,
                 counters: Arc::default(),
                 late_answers: 0,
+                request_timeout: REQUEST_TIMEOUT,
+                idle_timeout: IDLE_TIMEOUT,
             },
             link,
         ))
+    }
+
+    /// Other timeouts than [`REQUEST_TIMEOUT`] and [`IDLE_TIMEOUT`] (tests use short ones).
+    pub fn with_timeouts(mut self, request: Duration, idle: Duration) -> Self {
+        self.request_timeout = request;
+        self.idle_timeout = idle;
+        self
     }
 
     /// The request counters, shared with the metrics writer.
@@ -163,11 +183,18 @@ impl ApiServer {
         let mut next_id = 0u64;
         let mut events = vec![EpollEvent::default(); 32];
         loop {
-            let n = match epoll.wait(-1, &mut events) {
+            let now = Instant::now();
+            let wait_ms = clients
+                .values()
+                .map(|c| self.deadline(c).saturating_duration_since(now))
+                .min()
+                .map_or(-1, |d| i32::try_from(d.as_millis() + 1).unwrap_or(i32::MAX));
+            let n = match epoll.wait(wait_ms, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            self.expire(&epoll, &mut clients);
             for ev in &events[..n] {
                 let key = ev.data();
                 if key == LISTENER {
@@ -202,13 +229,74 @@ impl ApiServer {
         }
     }
 
+    /// When client `c` is cut off if nothing happens: a request or answer in flight must
+    /// move within the request timeout, an idle connection within the idle timeout.
+    fn deadline(&self, c: &Client) -> Instant {
+        if c.out.is_empty() && c.input.is_empty() {
+            c.since + self.idle_timeout
+        } else {
+            c.since + self.request_timeout
+        }
+    }
+
+    /// Ends every client past its deadline: a half-sent request gets a 408 (one try, the
+    /// socket is non-blocking), an idle or non-reading one is closed.
+    fn expire(&self, epoll: &Epoll, clients: &mut HashMap<u64, Client>) {
+        let now = Instant::now();
+        let late: Vec<u64> = clients
+            .iter()
+            .filter(|(_, c)| self.deadline(c) <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            if let Some(mut c) = clients.remove(&key) {
+                if c.out.is_empty() && !c.input.is_empty() {
+                    self.counters.count("timed_out_requests".into());
+                    let secs = self.request_timeout.as_secs_f64();
+                    c.out = Response::fault(
+                        408,
+                        format!("the request did not arrive whole within {secs} s"),
+                    )
+                    .to_bytes(true);
+                    c.flush();
+                }
+                let _ = epoll.ctl(
+                    ControlOperation::Delete,
+                    c.stream.as_raw_fd(),
+                    EpollEvent::default(),
+                );
+            }
+        }
+    }
+
     fn accept(&self, epoll: &Epoll, clients: &mut HashMap<u64, Client>, next_id: &mut u64) {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if clients.len() >= MAX_CLIENTS {
-                        log::warn!("API: {MAX_CLIENTS} clients connected; refusing another");
-                        continue; // dropped: closed
+                        // The longest-idle connection with nothing in flight makes room;
+                        // if every one is mid-request, the newcomer is closed (the others
+                        // are cut off within the request timeout).
+                        let idle = clients
+                            .iter()
+                            .filter(|(_, c)| c.input.is_empty() && c.out.is_empty())
+                            .min_by_key(|(_, c)| c.since)
+                            .map(|(k, _)| *k);
+                        match idle.and_then(|k| clients.remove(&k)) {
+                            Some(old) => {
+                                let _ = epoll.ctl(
+                                    ControlOperation::Delete,
+                                    old.stream.as_raw_fd(),
+                                    EpollEvent::default(),
+                                );
+                            }
+                            None => {
+                                log::warn!(
+                                    "API: {MAX_CLIENTS} clients mid-request; refusing another"
+                                );
+                                continue; // dropped: closed
+                            }
+                        }
                     }
                     if stream.set_nonblocking(true).is_err() {
                         continue;
@@ -234,9 +322,15 @@ impl ApiServer {
 
     /// Reads, answers and writes for one client; returns false when it is to be dropped.
     fn service(&mut self, c: &mut Client, set: EventSet) -> bool {
+        let was_empty = c.input.is_empty();
         if !c.out.is_empty() {
+            let before = c.out.len();
             if !c.flush() {
                 return false;
+            }
+            if c.out.len() < before {
+                // Answers are being taken: the clock restarts.
+                c.since = Instant::now();
             }
             if !c.out.is_empty() {
                 return true;
@@ -263,6 +357,10 @@ impl ApiServer {
                 }
             }
         }
+        if was_empty && !c.input.is_empty() {
+            // A new request's first bytes: it has the request timeout to arrive whole.
+            c.since = Instant::now();
+        }
         // Every complete request in the buffer, in order.
         while !c.closing {
             match http::parse_request(&c.input, self.max_payload) {
@@ -282,6 +380,9 @@ impl ApiServer {
                     };
                     c.out.extend_from_slice(&answer.to_bytes(close));
                     c.closing = close;
+                    // Answered: the next request (or the taking of this answer) is timed
+                    // from now.
+                    c.since = Instant::now();
                 }
                 Err(e) => {
                     self.counters.count("bad_requests".into());
@@ -363,6 +464,9 @@ struct Client {
     out: Vec<u8>,
     closing: bool,
     eof: bool,
+    /// When the current wait began: the connection's last answer (idle), the first byte
+    /// of a request in flight, or the last progress in taking its answers.
+    since: Instant,
 }
 
 impl Client {
@@ -373,6 +477,7 @@ impl Client {
             out: Vec::new(),
             closing: false,
             eof: false,
+            since: Instant::now(),
         }
     }
 
@@ -392,3 +497,6 @@ impl Client {
         true
     }
 }
+
+#[cfg(test)]
+mod tests;
