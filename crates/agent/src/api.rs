@@ -24,7 +24,9 @@ type Answer<T> = Result<Json<T>, ApiError>;
 /// Largest request body.
 const MAX_BODY: usize = 64 * 1024;
 
-fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+/// A request body as `T`: strict JSON (unknown fields are errors); an empty or blank body
+/// is `{}`. Public for the fuzz target.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     if body.len() > MAX_BODY {
         return Err(ApiError::bad(
             "RequestTooLarge",
@@ -87,7 +89,7 @@ async fn register_image(
     State(a): AgentRef,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Image>), ApiError> {
-    let r: RegisterImage = parse(&body)?;
+    let r: RegisterImage = parse_body(&body)?;
     let agent = a.clone();
     let image = tokio::task::spawn_blocking(move || {
         agent.register_image(
@@ -124,7 +126,7 @@ async fn deregister_image(
 /// A run answers with the records, `pending` (not the described view: its shape is
 /// kept as it always was).
 async fn run_instances(State(a): AgentRef, body: Bytes) -> Answer<InstanceList<Instance>> {
-    let r: RunRequest = parse(&body)?;
+    let r: RunRequest = parse_body(&body)?;
     let made = a.run(r).await?;
     Ok(Json(InstanceList { instances: made }))
 }
@@ -172,7 +174,7 @@ async fn describe_instance(State(a): AgentRef, Path(id): Path<String>) -> Answer
 
 /// Stop answers at once, `stopping` (see `instances::verbs`).
 async fn stop(State(a): AgentRef, Path(id): Path<String>, body: Bytes) -> Answer<InstanceView> {
-    let b: StopRequest = parse(&body)?;
+    let b: StopRequest = parse_body(&body)?;
     Ok(Json(view(a.stop(&id, b.force).await?, &a)))
 }
 

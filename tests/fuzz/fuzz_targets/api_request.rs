@@ -15,7 +15,11 @@ fn check(r: &Response) {
     assert!(bytes.starts_with(b"HTTP/1.1 "));
     if r.status >= 400 {
         let v: serde_json::Value = serde_json::from_str(&r.body).expect("fault body is JSON");
-        assert!(v["fault_message"].is_string(), "no fault_message: {}", r.body);
+        assert!(
+            v["fault_message"].is_string(),
+            "no fault_message: {}",
+            r.body
+        );
     }
 }
 

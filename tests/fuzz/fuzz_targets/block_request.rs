@@ -41,7 +41,11 @@ fuzz_target!(|data: &[u8]| {
     mem.write_slice(&image[..n], GuestAddress(0)).unwrap();
 
     let read_only = flags & 1 != 0;
-    let cache = if flags & 2 != 0 { CacheType::Writeback } else { CacheType::Unsafe };
+    let cache = if flags & 2 != 0 {
+        CacheType::Writeback
+    } else {
+        CacheType::Unsafe
+    };
     let file = disk_file().try_clone().unwrap();
     let disk = DiskFile::from_file(file, read_only, cache).unwrap();
     let handler = RequestHandler::new(disk, "fuzz", Arc::new(BlockCounters::default()));
