@@ -185,12 +185,15 @@ def test_jailer_bad_input_gets_one_line_and_leaves_nothing(ctx):
         expect(needle in err, f"{jid}: {err!r} lacks {needle!r}")
         expect(not (base / "ember" / jid).exists(), f"{jid}: a jail was left behind")
         expect(not (CGROUP_ROOT / "ember" / jid).exists(), f"{jid}: a cgroup was left behind")
-    # An id whose jail exists is refused, and the existing jail is untouched.
-    (base / "ember" / "taken" / "root").mkdir(parents=True)
-    (base / "ember" / "taken" / "root" / "keep").write_text("k")
-    rc, err = run(["--id", "taken"] + good)
-    expect(rc != 0 and "the jail already exists" in err, f"taken: {rc} {err!r}")
-    expect((base / "ember" / "taken" / "root" / "keep").exists(), "taken: the jail was touched")
+    # A jail directory the caller made first (with the guest's files in it, as for
+    # --config-file) is used as it is; a failure removes only what the jailer added.
+    premade = base / "ember" / "premade" / "root"
+    premade.mkdir(parents=True)
+    (premade / "vm.json").write_text("{}")
+    rc, err = run(["--id", "premade"] + good + ["--cgroup", "memory.nosuch=1"])
+    expect(rc != 0 and "no such cgroup file" in err, f"premade: {rc} {err!r}")
+    left = sorted(p.name for p in premade.iterdir())
+    expect(left == ["vm.json"], f"premade: after the failure the jail holds {left}")
     rc, err = run(["--id", "x"] + good + ["--bogus"])
     expect(rc == 2 and err.startswith("ember-jailer: error: unexpected argument"), f"{err!r}")
     shutil.rmtree(base, ignore_errors=True)

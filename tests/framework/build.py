@@ -70,7 +70,8 @@ def cargo_root() -> Path:
 
 # Benchmark peers given by the environment, each copied to `<ember's dir>/peers/<name>` so
 # it is staged into the emulated host with ember (the benchmarks look for it there).
-PEERS = (("EMBER_BASELINE", "ember-baseline"), ("FIRECRACKER", "firecracker"))
+PEERS = (("EMBER_BASELINE", "ember-baseline"), ("FIRECRACKER", "firecracker"),
+         ("FIRECRACKER_JAILER", "firecracker-jailer"))
 
 
 def sync_peers(ember: Path) -> None:

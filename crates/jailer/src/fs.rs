@@ -208,9 +208,53 @@ pub fn check_base(base: &Path) -> Result<()> {
     }
 }
 
-/// Creates `<base>/<exec name>/<id>` (which must not exist yet) and returns an fd of its
-/// parent, with which the whole jail can be removed later.
-pub fn create_jail_dir(spec: &Spec) -> Result<OwnedFd> {
+/// What the jailer made in a jail directory that already existed: paths relative to it,
+/// and whether each is a directory (removed with everything below it).
+pub type Made = Vec<(CString, bool)>;
+
+/// Where this run's jail is, and what a failure must remove from it.
+pub enum JailDir {
+    /// The jailer created `<base>/<exec name>/<id>`: all of it goes (the parent's fd, the
+    /// id).
+    Created(OwnedFd, CString),
+    /// It existed (the caller put files there first, as Firecracker's jailer allows): only
+    /// what the jailer made in it goes (the jail directory's fd, what was made).
+    Existing(OwnedFd, Made),
+}
+
+impl JailDir {
+    /// Records `rel` (below the jail directory) as made by the jailer.
+    fn made(&mut self, rel: &str, is_dir: bool) -> Result<()> {
+        if let JailDir::Existing(_, made) = self {
+            let c = CString::new(rel)
+                .map_err(|_| JailError::path("--id", rel, "contains a NUL byte"))?;
+            made.push((c, is_dir));
+        }
+        Ok(())
+    }
+
+    /// Removes what this run made, newest first. Errors are ignored: this is the clean-up
+    /// of a failure already being reported.
+    pub fn undo(self) {
+        match self {
+            JailDir::Created(parent, name) => remove_tree_at(&parent, &name),
+            JailDir::Existing(dir, made) => {
+                for (rel, is_dir) in made.iter().rev() {
+                    if *is_dir {
+                        remove_tree_at(&dir, rel);
+                    } else {
+                        // SAFETY: valid fd and C string.
+                        unsafe { libc::unlinkat(dir.as_raw_fd(), rel.as_ptr(), 0) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Creates `<base>/<exec name>/<id>`, or takes it as it is if it exists (files the caller
+/// put in its `root/` first stay, as with Firecracker's jailer).
+pub fn create_jail_dir(spec: &Spec) -> Result<JailDir> {
     let parent = spec
         .jail_dir
         .parent()
@@ -220,41 +264,43 @@ pub fn create_jail_dir(spec: &Spec) -> Result<OwnedFd> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(JailError::io("creating", parent, e)),
     }
-    let fd = open_dir(parent)?;
-    std::fs::create_dir(&spec.jail_dir).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            JailError::path(
-                "--id",
-                &spec.jail_dir,
-                format!(
-                    "the jail already exists (another VMM with id {}?); remove it first",
-                    spec.id
-                ),
-            )
-        } else {
-            JailError::io("creating", &spec.jail_dir, e)
+    match std::fs::create_dir(&spec.jail_dir) {
+        Ok(()) => {
+            let name = CString::new(spec.id.as_bytes())
+                .map_err(|_| JailError::flag("--id", spec.id.clone(), "contains a NUL byte"))?;
+            Ok(JailDir::Created(open_dir(parent)?, name))
         }
-    })?;
-    Ok(fd)
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(JailDir::Existing(open_dir(&spec.jail_dir)?, Vec::new()))
+        }
+        Err(e) => Err(JailError::io("creating", &spec.jail_dir, e)),
+    }
 }
 
 /// Fills the jail: its root (owned by the VMM's user, so it can make its socket there),
 /// `/run` likewise, the binary copied in (root's, read-only to the VMM), and the device
-/// nodes (the VMM's user's, mode 0600).
-pub fn populate(spec: &Spec) -> Result<()> {
+/// nodes (the VMM's user's, mode 0600). What it makes is recorded in `jail` as it goes.
+pub fn populate(spec: &Spec, jail: &mut JailDir) -> Result<()> {
     let root = spec.root();
-    let mkdir = |p: &Path| std::fs::create_dir(p).map_err(|e| JailError::io("creating", p, e));
-    mkdir(&root)?;
-    for d in ["dev", "dev/net", "run"] {
-        mkdir(&root.join(d))?;
+    for d in ["root", "root/dev", "root/dev/net", "root/run"] {
+        let p = spec.jail_dir.join(d);
+        match std::fs::create_dir(&p) {
+            Ok(()) => jail.made(d, true)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
+            Err(e) => return Err(JailError::io("creating", &p, e)),
+        }
     }
     let exec = root.join(&spec.exec_name);
+    jail.made(&format!("root/{}", spec.exec_name), false)?;
     std::fs::copy(&spec.exec_file, &exec).map_err(|e| JailError::io("copying to", &exec, e))?;
     std::fs::set_permissions(&exec, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| JailError::io("chmod", &exec, e))?;
     for n in &NODES {
         let p = root.join(n.path);
         let c = cstring(&p)?;
+        // A node left by an earlier VMM of this jail is made again, for this uid.
+        let _ = std::fs::remove_file(&p);
+        jail.made(&format!("root/{}", n.path), false)?;
         let dev = libc::makedev(n.major, n.minor);
         // SAFETY: a valid C string; mknod only creates the node.
         if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, dev) } != 0 {

@@ -1,20 +1,21 @@
 //! The order of operations (Firecracker's jailer's): everything that can be checked is
 //! checked before anything is made; what is made is recorded, and removed again if a
-//! later step fails, so a failed jailer leaves no half-made jail behind.
+//! later step fails, so a failed jailer leaves no half-made jail behind (and in a jail
+//! directory the caller made first, only what the jailer added goes).
 
 use crate::args::Spec;
 use crate::cgroup::{self, Cgroup};
 use crate::error::{JailError, Result};
 use crate::{fs, sys};
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 
 /// What a failure must take down again.
 #[derive(Default)]
 struct Undo {
-    /// The jail's parent directory and the jail's name in it.
-    jail: Option<(OwnedFd, CString)>,
+    /// The jail directory, or what was made in it.
+    jail: Option<fs::JailDir>,
     /// The VM's cgroup.
     cgroup: Option<Cgroup>,
 }
@@ -24,8 +25,8 @@ impl Undo {
         if let Some(cg) = self.cgroup {
             cg.remove();
         }
-        if let Some((parent, name)) = self.jail {
-            fs::remove_tree_at(&parent, &name);
+        if let Some(jail) = self.jail {
+            jail.undo();
         }
     }
 }
@@ -64,11 +65,10 @@ pub fn run(spec: Spec, start_us: u64) -> Result<()> {
             .and_then(|p| p.parent())
             .unwrap_or(&spec.jail_dir),
     )?;
-    let mut undo = Undo::default();
-    let jail_parent = fs::create_jail_dir(&spec)?;
-    let name = CString::new(spec.id.as_bytes())
-        .map_err(|_| JailError::flag("--id", spec.id.clone(), "contains a NUL byte"))?;
-    undo.jail = Some((jail_parent, name));
+    let mut undo = Undo {
+        jail: Some(fs::create_jail_dir(&spec)?),
+        cgroup: None,
+    };
     match build_and_exec(&spec, start_us, null, netns, cgroup_mount, &mut undo) {
         Ok(()) => Ok(()),
         Err(e) => {
@@ -86,7 +86,9 @@ fn build_and_exec(
     cgroup_mount: Option<std::path::PathBuf>,
     undo: &mut Undo,
 ) -> Result<()> {
-    fs::populate(spec)?;
+    if let Some(jail) = undo.jail.as_mut() {
+        fs::populate(spec, jail)?;
+    }
     sys::set_rlimits(&spec.rlimits)?;
     if let (Some(mount), Some(rel)) = (&cgroup_mount, &spec.cgroup_path) {
         undo.cgroup = Some(Cgroup::create(mount, rel, &spec.cgroups)?);

@@ -1,7 +1,8 @@
 //! A hostile driver on the virtio-mmio register window: any sequence of reads and writes
 //! of any width at any offset, with queue addresses the fuzzer picks. The transport must
-//! never panic, and must start the device only with queues that are ready and lie inside
-//! guest memory, at most once between resets.
+//! never panic, must hand the device every queue (no larger than it allows) and start it
+//! at most once between resets; the device, as the real ones do, refuses queues that are
+//! not ready or not inside guest memory.
 #![no_main]
 
 use devices::bus::BusDevice;
@@ -44,11 +45,25 @@ impl VirtioDevice for Device {
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
         let mut r = self.record.lock().unwrap();
         assert!(!r.active, "activated twice without a reset");
-        for q in &a.queues {
+        assert_eq!(
+            a.queues.len(),
+            self.sizes.len(),
+            "not every queue handed over"
+        );
+        assert_eq!(
+            a.queue_evts.len(),
+            self.sizes.len(),
+            "not every eventfd handed over"
+        );
+        // As the real devices do: queues the driver did not finish are refused here.
+        for (i, q) in a.queues.iter().enumerate() {
             assert!(
-                q.ready() && q.is_valid(&*a.mem),
-                "activated with an unusable queue"
+                q.size() <= self.sizes[i],
+                "queue {i} larger than the device allows"
             );
+            if !q.ready() || !q.is_valid(&*a.mem) {
+                return Err(ActivateError::QueueNotReady(i));
+            }
         }
         r.active = true;
         Ok(())
