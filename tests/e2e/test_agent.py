@@ -290,9 +290,19 @@ def test_agent_every_vmm_is_jailed_with_its_own_uid_and_cgroup(ctx, emberd):
     expect(cg_s is not None and cg_s > 0, f"no cgroup CPU time for {a['id']}: {text[-2000:]}")
     expect(vcpu_s is not None and vcpu_s <= cg_s,
            f"metered vCPU {vcpu_s} s exceeds the cgroup's {cg_s} s")
+    # A process the VMM could have started (here put into its cgroup by hand) does not
+    # outlive the instance: terminate kills the whole cgroup.
+    survivor = subprocess.Popen(["setpriv", f"--reuid={uids[a['id']]}", f"--regid={uids[a['id']]}",
+                                 "--clear-groups", "sleep", "600"])
+    (CGROUPS / "emberd" / a["id"] / "cgroup.procs").write_text(str(survivor.pid))
     # Terminate removes its jail and its cgroup; the neighbour runs on.
     agent.ctl("terminate", a["id"])
     agent.wait_state(a["id"], "terminated")
+    try:
+        survivor.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        survivor.kill()
+        raise AssertionError("a process in the instance's cgroup outlived terminate")
     jail = agent.state / "jail" / "ember" / a["id"]
     wait_until(lambda: not jail.exists() and not (CGROUPS / "emberd" / a["id"]).exists(),
                "the jail or the cgroup outlived terminate", timeout=30)

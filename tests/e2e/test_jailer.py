@@ -194,6 +194,14 @@ def test_jailer_bad_input_gets_one_line_and_leaves_nothing(ctx):
     expect(rc != 0 and "no such cgroup file" in err, f"premade: {rc} {err!r}")
     left = sorted(p.name for p in premade.iterdir())
     expect(left == ["vm.json"], f"premade: after the failure the jail holds {left}")
+    # A link left in a jail (by an earlier VMM, say) is never followed by the jailer.
+    trap = base / "ember" / "trapped" / "root"
+    trap.mkdir(parents=True)
+    os.symlink("/etc", trap / "run")
+    rc, err = run(["--id", "trapped"] + good)
+    expect(rc != 0 and "is left from an earlier jail (a symbolic link" in err,
+           f"trapped: {rc} {err!r}")
+    expect(os.stat("/etc").st_uid == 0, "the jailer followed the link to /etc")
     rc, err = run(["--id", "x"] + good + ["--bogus"])
     expect(rc == 2 and err.startswith("ember-jailer: error: unexpected argument"), f"{err!r}")
     shutil.rmtree(base, ignore_errors=True)

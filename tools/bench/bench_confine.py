@@ -100,16 +100,24 @@ def _(ctx):
         for r in order:
             if r in failed:
                 continue
-            try:
-                samples[r].append(_boot(ctx, *r, i, base))
-            except CaseFailed as e:
-                if not ctx.emulated or r[1].startswith("jailed") and not samples[r]:
-                    # A jailer that cannot run here at all: reported, the rest goes on.
-                    failed[r] = str(e).splitlines()[0]
-                    log(f"{r[0]} {r[1]}: {failed[r]}")
-                    continue
-                log(f"{r[0]} {r[1]} run {i}: guest died before its marker; once more")
-                samples[r].append(_boot(ctx, *r, i, base))
+            for attempt in (1, 2):
+                try:
+                    samples[r].append(_boot(ctx, *r, i, base))
+                    break
+                except CaseFailed as e:
+                    why = str(e).splitlines()[0]
+                    if attempt == 1 and ctx.emulated:
+                        # The emulated host's own faults kill a guest now and then
+                        # (tests/framework/build.py, EMULATION_FAULTS): once more.
+                        log(f"{r[0]} {r[1]} run {i}: {why}; once more")
+                        continue
+                    if not samples[r]:
+                        # A variant that cannot run here at all (no jailer, say): reported,
+                        # the others go on.
+                        failed[r] = why
+                        log(f"{r[0]} {r[1]}: {why}")
+                        break
+                    raise
     shutil.rmtree(base, ignore_errors=True)
 
     def med(r, key):

@@ -16,6 +16,8 @@ use tokio::net::{UnixListener, UnixStream};
 
 /// How long a client may take to send a request's head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one connection may last, head, body and answer together.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 /// The largest request head.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most headers in a request.
@@ -141,11 +143,18 @@ async fn connection(mut stream: UnixStream, app: Router) -> io::Result<()> {
         inner: stream,
     });
     let service = hyper_util::service::TowerToHyperService::new(app);
-    hyper::server::conn::http1::Builder::new()
+    let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
-        .serve_connection(io, service)
-        .await
-        .map_err(io::Error::other)
+        .serve_connection(io, service);
+    // A client that stalls in its body, or never takes its answer, does not hold its task
+    // and descriptor for ever (emberd's answers are immediate; slow work runs behind them).
+    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+        Ok(r) => r.map_err(io::Error::other),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "connection timed out",
+        )),
+    }
 }
 
 /// The stream with the head's bytes read again first.

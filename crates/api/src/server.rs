@@ -32,6 +32,8 @@ const VMM_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection with nothing in flight stays open.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Answers a client may leave untaken before its further pipelined requests wait.
+const MAX_PENDING_OUT: usize = 64 * 1024;
 
 /// Errors starting the API server.
 #[derive(Debug, Error)]
@@ -313,7 +315,10 @@ impl ApiServer {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
+                    // Out of descriptors, say: the listener stays readable, so pause
+                    // rather than spin.
                     log::warn!("API: accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
                     return;
                 }
             }
@@ -324,13 +329,11 @@ impl ApiServer {
     fn service(&mut self, c: &mut Client, set: EventSet) -> bool {
         let was_empty = c.input.is_empty();
         if !c.out.is_empty() {
-            let before = c.out.len();
+            // (The clock is not restarted by partial progress: answers queued must all be
+            // taken within the request timeout, so a client reading a byte at a time
+            // cannot keep its slot.)
             if !c.flush() {
                 return false;
-            }
-            if c.out.len() < before {
-                // Answers are being taken: the clock restarts.
-                c.since = Instant::now();
             }
             if !c.out.is_empty() {
                 return true;
@@ -361,8 +364,9 @@ impl ApiServer {
             // A new request's first bytes: it has the request timeout to arrive whole.
             c.since = Instant::now();
         }
-        // Every complete request in the buffer, in order.
-        while !c.closing {
+        // Every complete request in the buffer, in order, while the answers waiting to be
+        // taken stay under MAX_PENDING_OUT (pipelined requests beyond wait their turn).
+        while !c.closing && c.out.len() < MAX_PENDING_OUT {
             match http::parse_request(&c.input, self.max_payload) {
                 Ok(None) => break,
                 Ok(Some((req, used))) => {

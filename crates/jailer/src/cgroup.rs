@@ -39,7 +39,7 @@ fn unescape(s: &str) -> String {
             .get(k + 1..k + 4)
             .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match (b[k], octal) {
-            (b'\\', Some(d)) => {
+            (b'\\', Some(d)) if d[0] <= b'3' => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
                 k += 4;
             }

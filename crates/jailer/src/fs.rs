@@ -42,18 +42,18 @@ const NODES: [Node; 2] = [
 pub fn elf_interpreter(bytes: &[u8]) -> std::result::Result<Option<String>, &'static str> {
     let u16_at = |o: usize| {
         bytes
-            .get(o..o + 2)
+            .get(o..o.checked_add(2)?)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
     };
     let u32_at = |o: usize| {
         bytes
-            .get(o..o + 4)
+            .get(o..o.checked_add(4)?)
             .and_then(|b| b.try_into().ok())
             .map(u32::from_le_bytes)
     };
     let u64_at = |o: usize| {
         bytes
-            .get(o..o + 8)
+            .get(o..o.checked_add(8)?)
             .and_then(|b| b.try_into().ok())
             .map(u64::from_le_bytes)
     };
@@ -72,8 +72,8 @@ pub fn elf_interpreter(bytes: &[u8]) -> std::result::Result<Option<String>, &'st
         if u32_at(at).ok_or(truncated)? != PT_INTERP {
             continue;
         }
-        let off = u64_at(at + 8).ok_or(truncated)?;
-        let len = u64_at(at + 32).ok_or(truncated)?;
+        let off = u64_at(at.checked_add(8).ok_or(truncated)?).ok_or(truncated)?;
+        let len = u64_at(at.checked_add(32).ok_or(truncated)?).ok_or(truncated)?;
         let (off, len) = (
             usize::try_from(off).map_err(|_| truncated)?,
             usize::try_from(len).map_err(|_| truncated)?,
@@ -187,11 +187,6 @@ pub fn remove_tree_at(dir: &OwnedFd, name: &CStr) {
     }
 }
 
-/// chown(2) of `p` to the VMM's user.
-fn chown(p: &Path, uid: u32, gid: u32) -> Result<()> {
-    std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(|e| JailError::io("chown", p, e))
-}
-
 /// The chroot base exists (made if missing) and is a directory.
 pub fn check_base(base: &Path) -> Result<()> {
     match std::fs::metadata(base) {
@@ -297,38 +292,81 @@ fn link_exec(src: &Path, dst: &Path) -> bool {
 /// `/run` likewise, the binary linked or copied in (root's, read-only to the VMM), and the device
 /// nodes (the VMM's user's, mode 0600). What it makes is recorded in `jail` as it goes.
 pub fn populate(spec: &Spec, jail: &mut JailDir) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let root = spec.root();
     for d in ["root", "root/dev", "root/dev/net", "root/run"] {
         let p = spec.jail_dir.join(d);
-        match std::fs::create_dir(&p) {
-            Ok(()) => jail.made(d, true)?,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
-            Err(e) => return Err(JailError::io("creating", &p, e)),
+        match std::fs::symlink_metadata(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&p).map_err(|e| JailError::io("creating", &p, e))?;
+                jail.made(d, true)?;
+            }
+            Err(e) => return Err(JailError::io("checking", &p, e)),
+            // What the caller made must be root's, and real directories: the jailer works
+            // in them as root, and must not follow a link an earlier VMM left.
+            Ok(md) if md.is_dir() && md.uid() == 0 => {}
+            Ok(md) => return Err(JailError::path(
+                "--id",
+                &p,
+                format!(
+                    "is left from an earlier jail (a {} owned by uid {}); remove the jail first",
+                    if md.is_symlink() {
+                        "symbolic link"
+                    } else if md.is_dir() {
+                        "directory"
+                    } else {
+                        "file"
+                    },
+                    md.uid()
+                ),
+            )),
         }
     }
     let exec = root.join(&spec.exec_name);
     jail.made(&format!("root/{}", spec.exec_name), false)?;
     let _ = std::fs::remove_file(&exec);
     if !link_exec(&spec.exec_file, &exec) {
-        std::fs::copy(&spec.exec_file, &exec).map_err(|e| JailError::io("copying to", &exec, e))?;
-        std::fs::set_permissions(&exec, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| JailError::io("chmod", &exec, e))?;
+        copy_new(&spec.exec_file, &exec)?;
     }
     for n in &NODES {
         let p = root.join(n.path);
         let c = cstring(&p)?;
-        // A node left by an earlier VMM of this jail is made again, for this uid.
+        // A node the caller left is made again, for this uid.
         let _ = std::fs::remove_file(&p);
         jail.made(&format!("root/{}", n.path), false)?;
         let dev = libc::makedev(n.major, n.minor);
-        // SAFETY: a valid C string; mknod only creates the node.
+        // SAFETY: a valid C string; mknod only creates the node (it fails if anything is
+        // in the way, a link included).
         if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, dev) } != 0 {
             return Err(JailError::io("mknod", &p, std::io::Error::last_os_error()));
         }
-        chown(&p, spec.uid, spec.gid)?;
+        lchown(&p, spec.uid, spec.gid)?;
     }
-    chown(&root, spec.uid, spec.gid)?;
-    chown(&root.join("run"), spec.uid, spec.gid)
+    // /run first: once root/ is the uid's, root/run could be swapped for a link.
+    lchown(&root.join("run"), spec.uid, spec.gid)?;
+    lchown(&root, spec.uid, spec.gid)
+}
+
+/// Copies the exec file to a new file `dst` (never through a link: O_EXCL), root's, mode
+/// 0755.
+fn copy_new(src: &Path, dst: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |e| JailError::io("copying to", dst, e);
+    let mut from = File::open(src).map_err(err)?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(dst)
+        .map_err(err)?;
+    std::io::copy(&mut from, &mut to).map_err(err)?;
+    to.set_permissions(std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| JailError::io("chmod", dst, e))
+}
+
+/// lchown(2): never through a link.
+fn lchown(p: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(|e| JailError::io("chown", p, e))
 }
 
 #[cfg(test)]

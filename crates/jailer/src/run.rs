@@ -107,7 +107,13 @@ fn build_and_exec(
     if spec.new_pid_ns {
         if let sys::Side::Parent(pid) = sys::fork_into_pid_ns()? {
             let file = format!("/{}.pid", spec.exec_name);
-            std::fs::write(&file, pid.to_string())
+            // A new file (O_EXCL: never through a link the child could have put there).
+            let _ = std::fs::remove_file(&file);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&file)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, pid.to_string().as_bytes()))
                 .map_err(|e| JailError::io("writing", &file, e))?;
             // The jail now belongs to the child: nothing to undo here.
             *undo = Undo::default();

@@ -157,10 +157,10 @@ impl Jail {
         self.root.join(SOCKET_IN_JAIL.trim_start_matches('/'))
     }
 
-    /// Puts every file `setup` names into the jail and rewrites the paths to the jail's
-    /// view. Volumes, the user data and the metrics file become the VMM user's (mode
+    /// Puts every file `setup` names into the jail (made by [`Jail::prepare`]) and
+    /// rewrites the paths to the jail's view. Volumes, the user data and the metrics file become the VMM user's (mode
     /// 0600: no other instance's VMM can open them); boot files stay root's, readable.
-    pub fn furnish(&self, setup: &mut VmmSetup) -> Result<(), LaunchError> {
+    fn furnish(&self, setup: &mut VmmSetup) -> Result<(), LaunchError> {
         let boot = |p: &str, name: &str| -> Result<String, LaunchError> {
             let inside = link_in(Path::new(p), &self.root, name, true)?;
             // Readable by the VMM's user (an image's files are not secret to its instances).
@@ -203,6 +203,31 @@ impl Jail {
         Ok(())
     }
 
+    /// SIGKILLs every process in the instance's cgroup (`cgroup.kill`, Linux 5.14), the
+    /// VMM and anything it started.
+    pub fn kill_all(&self) {
+        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
+    }
+
+    /// Makes the jail's root (root's, empty) and puts the instance's files in it, before
+    /// the jailer runs: nothing of the VMM's user is in the jail yet, so no link it made
+    /// can be followed. The jailer then uses this directory as it finds it.
+    pub fn prepare(&self, setup: &mut VmmSetup) -> Result<(), LaunchError> {
+        if self.dir.exists() {
+            return Err(LaunchError::File {
+                path: self.dir.clone(),
+                source: std::io::Error::other(
+                    "an earlier jail of this instance could not be removed",
+                ),
+            });
+        }
+        std::fs::create_dir_all(&self.root).map_err(|source| LaunchError::File {
+            path: self.root.clone(),
+            source,
+        })?;
+        self.furnish(setup)
+    }
+
     /// The CPU time of everything in the instance's cgroup (`cpu.stat`'s `usage_usec`):
     /// the VMM's whole process, its vCPU threads included.
     pub fn cpu_usage_us(&self) -> Option<u64> {
@@ -215,6 +240,9 @@ impl Jail {
     /// Removes the jail (hard links only: the originals stay) and tries once to remove the
     /// cgroup; returns whether the cgroup is gone. Call it once the VMM has exited.
     pub fn clear_once(&self) -> bool {
+        // Whatever still runs in the cgroup goes first: a VMM that forked a process
+        // must not outlive its instance (holding its volumes, its uid, its cgroup).
+        self.kill_all();
         if self.dir.exists() {
             if let Err(e) = std::fs::remove_dir_all(&self.dir) {
                 log::warn!("{}: cannot remove the jail: {e}", self.dir.display());

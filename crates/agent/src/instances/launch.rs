@@ -274,11 +274,17 @@ impl Agent {
         };
         let console = open_log("console.log")?;
         let log = open_log("ember.log")?;
-        // What an earlier VMM of this instance left (if the host went down with it).
-        {
+        // What an earlier VMM of this instance left (if the host went down with it), then
+        // the new jail's root with the instance's files, before any VMM runs in it.
+        let mut setup = VmmSetup::new(&inst, &image, &itype, &vols, &dir, self.gateway());
+        setup = {
             let jail = jail.clone();
-            tokio::task::spawn_blocking(move || jail.clear()).await?;
-        }
+            tokio::task::spawn_blocking(move || {
+                jail.clear();
+                jail.prepare(&mut setup).map(|()| setup)
+            })
+            .await??
+        };
         // The agent reaches the socket inside the jail through a short link in run_dir
         // (a socket's path is limited to 107 bytes; the link's target is not).
         let _ = std::fs::remove_file(&sock);
@@ -339,8 +345,7 @@ impl Agent {
                 let _ = tx.send(true);
             });
         }
-        let mut setup = VmmSetup::new(&inst, &image, &itype, &vols, &dir, self.gateway());
-        // The socket appears within milliseconds of exec (the jail is made by then).
+        // The socket appears within milliseconds of exec.
         let ping = self.vmm(id, Duration::from_secs(1));
         let (mut ready, mut exited) = (false, false);
         for _ in 0..500 {
@@ -361,17 +366,6 @@ impl Agent {
                 _ => LaunchError::NeverAnswered,
             });
         }
-        let furnished = {
-            let jail = jail.clone();
-            tokio::task::spawn_blocking(move || jail.furnish(&mut setup).map(|()| setup)).await?
-        };
-        let setup = match furnished {
-            Ok(s) => s,
-            Err(e) => {
-                self.kill(id);
-                return Err(e);
-            }
-        };
         if let Err(e) = setup.apply(&self.vmm(id, CONFIGURE_TIMEOUT)).await {
             self.kill(id);
             return Err(e);
@@ -396,13 +390,20 @@ impl Agent {
     }
 }
 
-/// The last non-empty line of a log file.
+/// The last non-empty line of a log file (from its last 4 KiB: the file is the VMM's to
+/// write, so it is never read whole).
 fn last_line(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut tail = Vec::new();
+    f.take(4096).read_to_end(&mut tail).ok()?;
+    String::from_utf8_lossy(&tail)
+        .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
-        .map(str::to_string)
+        .map(|l| l.chars().take(500).collect())
 }
 
 #[cfg(test)]

@@ -46,6 +46,10 @@ impl Agent {
             // SAFETY: kill has no memory-safety preconditions; the pid is our VMM's.
             unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGKILL) };
         }
+        // And anything it started, in its cgroup.
+        if let Ok(inst) = self.instance(id) {
+            self.jail_of(&inst).kill_all();
+        }
     }
 
     /// Records that an instance's VMM has exited, per what was asked of it, and frees its
