@@ -305,10 +305,11 @@ pub fn populate(spec: &Spec, jail: &mut JailDir) -> Result<()> {
             // What the caller made must be root's, and real directories: the jailer works
             // in them as root, and must not follow a link an earlier VMM left.
             Ok(md) if md.is_dir() && md.uid() == 0 => {}
-            Ok(md) => return Err(JailError::path(
-                "--id",
-                &p,
-                format!(
+            Ok(md) => {
+                return Err(JailError::path(
+                    "--id",
+                    &p,
+                    format!(
                     "is left from an earlier jail (a {} owned by uid {}); remove the jail first",
                     if md.is_symlink() {
                         "symbolic link"
@@ -319,7 +320,8 @@ pub fn populate(spec: &Spec, jail: &mut JailDir) -> Result<()> {
                     },
                     md.uid()
                 ),
-            )),
+                ))
+            }
         }
     }
     let exec = root.join(&spec.exec_name);
