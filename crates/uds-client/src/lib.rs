@@ -102,6 +102,73 @@ pub struct Answer {
 pub struct Client {
     socket: PathBuf,
     timeout: Duration,
+    /// Where the socket must be, found without following links, and whose it must be.
+    verified: Option<Verified>,
+}
+
+/// A socket inside a directory tree that someone else may write (a jail): `rel` below
+/// `dir` is opened component by component without following a link, and must be a socket
+/// owned by `uid`, or the request is refused.
+#[derive(Debug, Clone)]
+struct Verified {
+    dir: PathBuf,
+    rel: PathBuf,
+    uid: u32,
+}
+
+impl Verified {
+    /// An `O_PATH` descriptor of the socket, checked.
+    fn open(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::ffi::CString;
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::os::unix::ffi::OsStrExt;
+        let cstr = |b: &[u8]| {
+            CString::new(b).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+        };
+        let open = |at: libc::c_int, name: &CString, flags: libc::c_int| {
+            // SAFETY: a valid C string; the descriptor returned is owned below.
+            let fd = unsafe {
+                libc::openat(
+                    at,
+                    name.as_ptr(),
+                    libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC | flags,
+                )
+            };
+            if fd < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                // SAFETY: `fd` was just opened and nothing else owns it.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            }
+        };
+        let mut cur = open(
+            libc::AT_FDCWD,
+            &cstr(self.dir.as_os_str().as_bytes())?,
+            libc::O_DIRECTORY,
+        )?;
+        let parts: Vec<_> = self.rel.components().collect();
+        for (k, c) in parts.iter().enumerate() {
+            let last = k + 1 == parts.len();
+            let flags = if last { 0 } else { libc::O_DIRECTORY };
+            cur = open(cur.as_raw_fd(), &cstr(c.as_os_str().as_bytes())?, flags)?;
+        }
+        // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes only the struct we pass, for a descriptor we own.
+        if unsafe { libc::fstat(cur.as_raw_fd(), &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK || st.st_uid != self.uid {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "not a socket of uid {} (mode {:o}, uid {})",
+                    self.uid, st.st_mode, st.st_uid
+                ),
+            ));
+        }
+        Ok(cur)
+    }
 }
 
 /// The error bodies this client understands (any field may be absent).
@@ -119,14 +186,33 @@ impl Client {
         Client {
             socket: socket.into(),
             timeout,
+            verified: None,
+        }
+    }
+
+    /// A client of the socket at `rel` below `dir`, where `dir` is trusted and what is
+    /// below it may not be (a jail whose user owns its directories): the path is opened
+    /// without following any link below `dir`, the socket must belong to `uid`, and the
+    /// connection is made through that descriptor, so a link swapped in cannot redirect it.
+    pub fn verified(
+        dir: impl Into<PathBuf>,
+        rel: impl Into<PathBuf>,
+        uid: u32,
+        timeout: Duration,
+    ) -> Client {
+        let (dir, rel) = (dir.into(), rel.into());
+        Client {
+            socket: dir.join(&rel),
+            timeout,
+            verified: Some(Verified { dir, rel, uid }),
         }
     }
 
     /// The same client with another timeout.
     pub fn with_timeout(&self, timeout: Duration) -> Client {
         Client {
-            socket: self.socket.clone(),
             timeout,
+            ..self.clone()
         }
     }
 
@@ -163,12 +249,25 @@ impl Client {
             path: path.to_string(),
             source,
         };
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| Error::Connect {
-                socket: self.socket.clone(),
-                source,
-            })?;
+        let connect_err = |source| Error::Connect {
+            socket: self.socket.clone(),
+            source,
+        };
+        let stream = match &self.verified {
+            None => tokio::net::UnixStream::connect(&self.socket)
+                .await
+                .map_err(connect_err)?,
+            Some(v) => {
+                let fd = v.open().map_err(connect_err)?;
+                // Through the descriptor: what is connected is the socket just checked.
+                let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+                let s = tokio::net::UnixStream::connect(&via)
+                    .await
+                    .map_err(connect_err)?;
+                drop(fd);
+                s
+            }
+        };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(http)?;

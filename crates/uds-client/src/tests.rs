@@ -151,3 +151,35 @@ async fn an_empty_2xx_answer_is_fine_where_no_body_is_read() {
     c.put("/actions", &Thing { a: 1 }).await.unwrap();
     assert!(c.answers().await);
 }
+
+#[tokio::test]
+async fn a_verified_socket_is_reached_without_links_and_only_if_its_owners() {
+    let dir = std::env::temp_dir().join(format!("uds-client-{}-jail", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("root/run")).unwrap();
+    let real = dir.join("root/run/api.sock");
+    let _seen = serve(&real, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    // SAFETY: getuid has no preconditions.
+    let me = unsafe { libc::getuid() };
+    let c = Client::verified(&dir, "root/run/api.sock", me, Duration::from_secs(5));
+    assert!(c.answers().await, "the checked socket did not answer");
+    // Another owner than the one expected: refused before connecting.
+    let other = Client::verified(&dir, "root/run/api.sock", me + 1, Duration::from_secs(5));
+    let e = other
+        .send(Method::GET, "/", None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a socket of uid"), "{e}");
+    // A link in its place (the socket elsewhere), or a linked directory: refused.
+    let elsewhere = dir.join("elsewhere.sock");
+    std::fs::rename(&real, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &real).unwrap();
+    assert!(!c.answers().await, "a link to another socket was followed");
+    std::fs::remove_file(&real).unwrap();
+    std::fs::rename(&elsewhere, &real).unwrap();
+    std::fs::rename(dir.join("root/run"), dir.join("root/run2")).unwrap();
+    std::os::unix::fs::symlink(dir.join("root/run2"), dir.join("root/run")).unwrap();
+    assert!(!c.answers().await, "a linked directory was followed");
+    let _ = std::fs::remove_dir_all(&dir);
+}

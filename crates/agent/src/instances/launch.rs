@@ -4,7 +4,7 @@
 //! then `InstanceStart`.
 
 use super::supervise::{Intent, Proc};
-use super::{Agent, AgentError};
+use super::{jail, Agent, AgentError};
 use crate::db::{self, Image, Instance, Volume};
 use crate::host;
 use crate::types::{self, InstanceType};
@@ -203,9 +203,18 @@ impl VmmSetup {
 }
 
 impl Agent {
-    /// A client of instance `id`'s VMM.
+    /// A client of instance `id`'s VMM. Its socket is in the jail, below directories the
+    /// VMM's user owns: it is reached without following links, and must be that user's
+    /// socket (a VMM cannot point the agent at another socket).
     pub(super) fn vmm(&self, id: &str, timeout: Duration) -> Client {
-        Client::new(self.api_socket(id), timeout)
+        match self.instance(id) {
+            Ok(inst) => {
+                let jail = self.jail_of(&inst);
+                let rel = Path::new("root").join(jail::SOCKET_IN_JAIL.trim_start_matches('/'));
+                Client::verified(jail.dir, rel, jail.uid, timeout)
+            }
+            Err(_) => Client::new(self.api_socket(id), timeout),
+        }
     }
 
     /// Asks instance `id`'s VMM for an action, within `timeout`.
