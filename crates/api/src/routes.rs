@@ -21,7 +21,6 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "balloon",
     "entropy",
     "mmds",
-    "snapshot",
     "cpu-config",
     "hotplug",
     "serial",
@@ -42,6 +41,7 @@ pub fn path_label(path: &str) -> &'static str {
         ("vm", true) => "vm_config",
         ("logger", false) => "logger",
         ("metrics", false) => "metrics",
+        ("snapshot", true) => "snapshot",
         _ => "other",
     }
 }
@@ -122,6 +122,14 @@ fn route_parsed(req: Request) -> Result<VmmRequest, Response> {
         },
         "/metrics" => match m {
             Put => VmmRequest::PutMetrics(body(&raw)?),
+            _ => return wrong_method("PUT"),
+        },
+        "/snapshot/create" => match m {
+            Put => VmmRequest::CreateSnapshot(body(&raw)?),
+            _ => return wrong_method("PUT"),
+        },
+        "/snapshot/load" => match m {
+            Put => VmmRequest::LoadSnapshot(body(&raw)?),
             _ => return wrong_method("PUT"),
         },
         p => {

@@ -6,6 +6,7 @@
 //! Firecracker's default command line has it.
 
 use crate::bus::BusDevice;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -51,6 +52,21 @@ const BUFFER_MAX: usize = 16;
 /// Scancode set 2 make codes of Left Ctrl, Left Alt and Delete.
 const CTRL_ALT_DEL: [u8; 4] = [0x14, 0x11, 0xe0, 0x71];
 
+/// The controller's registers and the keyboard's output buffer, for snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct I8042Snapshot {
+    /// The configuration byte.
+    pub ctr: u8,
+    /// The output port.
+    pub outp: u8,
+    /// Whether the last write was to the command port.
+    pub last_was_cmd: bool,
+    /// A command waiting for its data byte.
+    pub pending: Option<u8>,
+    /// Bytes waiting for the guest.
+    pub out: Vec<u8>,
+}
+
 /// The i8042 controller with its keyboard.
 pub struct I8042 {
     reset_evt: EventFd,
@@ -77,6 +93,26 @@ impl I8042 {
             pending: None,
             out: VecDeque::new(),
         }
+    }
+
+    /// The registers, for a snapshot.
+    pub fn snapshot(&self) -> I8042Snapshot {
+        I8042Snapshot {
+            ctr: self.ctr,
+            outp: self.outp,
+            last_was_cmd: self.last_was_cmd,
+            pending: self.pending,
+            out: self.out.iter().copied().collect(),
+        }
+    }
+
+    /// Puts the controller in a saved state (at most the keyboard's buffer is kept).
+    pub fn restore(&mut self, s: &I8042Snapshot) {
+        self.ctr = s.ctr;
+        self.outp = s.outp;
+        self.last_was_cmd = s.last_was_cmd;
+        self.pending = s.pending;
+        self.out = s.out.iter().copied().take(BUFFER_MAX).collect();
     }
 
     /// Raises `kbd_evt` (an irqfd on IRQ 1) when the keyboard has bytes for the guest.

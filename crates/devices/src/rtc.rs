@@ -3,8 +3,25 @@
 //! as zero and are ignored on write. It raises no interrupt (no alarm).
 
 use crate::bus::BusDevice;
-use vm_superio::rtc_pl031::NoEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::rtc_pl031::{NoEvents, RtcState};
 use vm_superio::Rtc;
+
+/// The RTC's registers, for snapshots. `offset` is against the host's clock, so a
+/// restored guest's wall clock moves on with the host's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RtcSnapshot {
+    /// Load register.
+    pub lr: u32,
+    /// Counter offset from the host's time.
+    pub offset: i64,
+    /// Match register.
+    pub mr: u32,
+    /// Interrupt mask.
+    pub imsc: u32,
+    /// Raw interrupt status.
+    pub ris: u32,
+}
 
 /// A PL031 RTC.
 #[derive(Default)]
@@ -16,6 +33,32 @@ impl RtcDevice {
     /// An RTC counting from the host's current time.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An RTC in a saved state.
+    pub fn from_snapshot(s: &RtcSnapshot) -> Self {
+        let state = RtcState {
+            lr: s.lr,
+            offset: s.offset,
+            mr: s.mr,
+            imsc: s.imsc,
+            ris: s.ris,
+        };
+        Self {
+            rtc: Rtc::from_state(&state, NoEvents),
+        }
+    }
+
+    /// The registers, for a snapshot.
+    pub fn snapshot(&self) -> RtcSnapshot {
+        let s = self.rtc.state();
+        RtcSnapshot {
+            lr: s.lr,
+            offset: s.offset,
+            mr: s.mr,
+            imsc: s.imsc,
+            ris: s.ris,
+        }
     }
 }
 

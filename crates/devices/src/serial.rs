@@ -6,8 +6,9 @@
 //! is an eventfd that the VMM registers with KVM as an irqfd.
 
 use crate::bus::BusDevice;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
-use vm_superio::serial::SerialEvents;
+use vm_superio::serial::{SerialEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -44,6 +45,29 @@ impl SerialEvents for RxDrained {
     }
 }
 
+/// The UART's registers and receive FIFO, for snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot {
+    /// Divisor latch, low and high byte.
+    pub baud_divisor: [u8; 2],
+    /// IER.
+    pub interrupt_enable: u8,
+    /// IIR.
+    pub interrupt_identification: u8,
+    /// LCR.
+    pub line_control: u8,
+    /// LSR.
+    pub line_status: u8,
+    /// MCR.
+    pub modem_control: u8,
+    /// MSR.
+    pub modem_status: u8,
+    /// SCR.
+    pub scratch: u8,
+    /// Received bytes the guest has not read yet.
+    pub in_buffer: Vec<u8>,
+}
+
 /// A serial port device.
 pub struct SerialDevice {
     uart: Serial<EventFdTrigger, RxDrained, Box<dyn Write + Send>>,
@@ -57,6 +81,50 @@ impl SerialDevice {
         Self {
             uart: Serial::with_events(EventFdTrigger::new(irq), RxDrained(rx_drained), out),
             write_failed: false,
+        }
+    }
+
+    /// A UART in a saved state (see [`SerialDevice::new`] for the rest). A saved FIFO
+    /// longer than the UART's is refused.
+    pub fn from_snapshot(
+        snap: &SerialSnapshot,
+        irq: EventFd,
+        out: Box<dyn Write + Send>,
+        rx_drained: EventFd,
+    ) -> Result<Self, String> {
+        let state = SerialState {
+            baud_divisor_low: snap.baud_divisor[0],
+            baud_divisor_high: snap.baud_divisor[1],
+            interrupt_enable: snap.interrupt_enable,
+            interrupt_identification: snap.interrupt_identification,
+            line_control: snap.line_control,
+            line_status: snap.line_status,
+            modem_control: snap.modem_control,
+            modem_status: snap.modem_status,
+            scratch: snap.scratch,
+            in_buffer: snap.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&state, EventFdTrigger::new(irq), RxDrained(rx_drained), out)
+            .map_err(|e| format!("serial: {e:?}"))?;
+        Ok(Self {
+            uart,
+            write_failed: false,
+        })
+    }
+
+    /// The registers and FIFO, for a snapshot.
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            baud_divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
         }
     }
 

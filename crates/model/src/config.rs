@@ -106,6 +106,8 @@ pub struct VmResources {
     pub drives: Vec<DriveSpec>,
     /// Network interfaces, in attachment order.
     pub net: Vec<NetSpec>,
+    /// KVM's dirty log is kept for every memory slot (for diff snapshots).
+    pub track_dirty_pages: bool,
 }
 
 fn at(path: &str) -> String {
@@ -172,6 +174,10 @@ impl VmConfig {
                 .unwrap_or_else(|| DEFAULT_BOOT_ARGS.to_string()),
             vcpu_count,
             mem_size_mib,
+            track_dirty_pages: self
+                .machine_config
+                .as_ref()
+                .is_some_and(|m| m.track_dirty_pages),
             serial_out_path: self
                 .serial
                 .as_ref()

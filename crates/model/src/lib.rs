@@ -9,6 +9,7 @@
 //! - [`config`]: the whole configuration (`--config-file`, `GET /vm/config`) and
 //!   [`config::VmResources`], what a valid configuration means.
 //! - [`metrics`]: the metrics line ember writes and emberd reads.
+//! - [`snapshot`]: the snapshot create and load bodies.
 //! - [`rpc`]: requests from the API to the VMM, and their answers and errors.
 
 pub mod boot;
@@ -20,6 +21,7 @@ pub mod net;
 pub mod output;
 pub mod parse;
 pub mod rpc;
+pub mod snapshot;
 pub mod vm;
 
 pub use boot::BootSource;

@@ -4,6 +4,7 @@
 //! carries them out and knows nothing of HTTP.
 
 use crate::config::{ConfigError, VmConfig};
+use crate::snapshot::{SnapshotCreateParams, SnapshotLoadParams};
 use crate::{
     ActionType, BootSource, Drive, DrivePatch, InstanceInfo, Logger, MachineConfig,
     MachineConfigPatch, Metrics, NetworkInterface, NetworkInterfacePatch, Version, VmState,
@@ -43,6 +44,10 @@ pub enum Request {
     PutLogger(Logger),
     /// `PUT /metrics`.
     PutMetrics(Metrics),
+    /// `PUT /snapshot/create` (on a paused guest).
+    CreateSnapshot(SnapshotCreateParams),
+    /// `PUT /snapshot/load` (before any other configuration).
+    LoadSnapshot(SnapshotLoadParams),
 }
 
 /// What a request returns when it succeeds.

@@ -6,6 +6,7 @@ use crate::device_manager::{DeviceManagerError, MmioDeviceManager};
 use crate::event_loop::{self, ExitWatcher, GuestEnd, SubscriberOps};
 use crate::memory::{self, MemoryError};
 use crate::metrics::{CountingWriter, Sources};
+use crate::snapshot::MicrovmState;
 use crate::vstate::vcpu::{FirstRunHook, StopNotifier, Vcpu, VcpuControl, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 use arch::boot::{self, BootError};
@@ -16,8 +17,9 @@ use devices::i8042::I8042;
 use devices::rtc::RtcDevice;
 use devices::serial::SerialDevice;
 use devices::virtio::block::{Block, CacheType, DiskError, DiskFile, DiskSwap};
+use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::{Net, NetConfig, Tap, TapError};
-use devices::virtio::DevicePause;
+use devices::virtio::{DevicePause, GuestMemory};
 use devices::{Bus, BusError};
 use linux_loader::cmdline::Cmdline;
 use model::drive::{self as drive_config, DriveSpec};
@@ -96,6 +98,9 @@ pub enum BuildError {
     /// The guest could not be run.
     #[error("{0}")]
     GuestFailed(String),
+    /// The snapshot does not fit its configuration or this host.
+    #[error("snapshot: {0}")]
+    Restore(String),
     /// KVM on this host runs fewer vCPUs per VM than configured.
     #[error("vcpu_count {asked} is more than KVM on this host runs in one VM ({max}; an aarch64 host with a GICv2 runs at most 8)")]
     TooManyVcpus {
@@ -180,7 +185,23 @@ fn open_drives(drives: &[DriveSpec]) -> Result<Vec<DiskFile>, BuildError> {
         .collect()
 }
 
-/// What a built VM offers the API after start: pausing, metrics sources, keystrokes.
+/// How a VM starts: booting its kernel, or continuing from a snapshot.
+pub enum Start<'a> {
+    /// Load the kernel (and initrd) and enter it.
+    Boot,
+    /// Put the saved state in the rebuilt VM; `mem` is the snapshot's memory file.
+    Restore {
+        /// The saved state.
+        state: &'a MicrovmState,
+        /// Its memory file.
+        mem: &'a File,
+        /// Whether the guest runs at once (else it stays paused until resumed).
+        resume: bool,
+    },
+}
+
+/// What a built VM offers the API after start: pausing, metrics sources, keystrokes,
+/// and what a snapshot reads.
 #[derive(Clone)]
 pub struct Runtime {
     /// One handle per vCPU.
@@ -193,15 +214,25 @@ pub struct Runtime {
     pub drives: Vec<(DriveSpec, Arc<DiskSwap>)>,
     /// Every virtio device's pause switch.
     pub devices: Vec<Arc<DevicePause>>,
+    /// The KVM VM (its interrupt controllers, clocks and dirty log).
+    pub vm: Arc<Vm>,
+    /// The interrupt controller's handle.
+    pub irqchip: Arc<arch::vm::IrqChip>,
+    /// Guest memory.
+    pub mem: GuestMemory,
+    /// Every virtio transport with its device's pause switch, in attachment order.
+    pub transports: Vec<(Arc<Mutex<MmioTransport>>, Arc<DevicePause>)>,
+    /// The UART.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// The RTC, where the architecture has one.
+    pub rtc: Option<Arc<Mutex<RtcDevice>>>,
 }
 
 /// A built, running VM.
 pub struct Vmm {
-    // Held for the guest's whole life: closing the VM fd would tear down its irqfds and
-    // ioeventfds, silencing every device interrupt while the vCPUs still run.
-    _vm: Vm,
-    // The interrupt controller's handle (aarch64: the GIC's device fd), kept with the VM.
-    _irqchip: arch::vm::IrqChip,
+    // The VM and the interrupt controller's handle (aarch64: the GIC's device fd) are
+    // held in `runtime` for the guest's whole life: closing the VM fd would tear down its
+    // irqfds and ioeventfds, silencing every device interrupt while the vCPUs still run.
     em: event_loop::Loop,
     watcher: Arc<Mutex<ExitWatcher>>,
     serial: Arc<Mutex<SerialDevice>>,
@@ -243,15 +274,34 @@ pub fn build_and_run(res: &VmResources, mut opts: RunOptions) -> Result<(), Buil
 /// of `opts` (a failed start leaves them for the next attempt only if it failed before
 /// using them).
 pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError> {
-    // Inputs first: a missing file is reported before any KVM work.
-    let mut kernel = open_regular(&res.kernel_path)
-        .map_err(|e| BuildError::KernelOpen(res.kernel_path.clone(), e))?;
-    let mut initrd = match &res.initrd_path {
-        Some(p) => Some((
+    build_with(res, opts, Start::Boot)
+}
+
+/// Builds the VM described by `res` and starts it as `start` says.
+pub fn build_with(
+    res: &VmResources,
+    opts: &mut RunOptions,
+    start: Start<'_>,
+) -> Result<Vmm, BuildError> {
+    let restore = match &start {
+        Start::Boot => None,
+        Start::Restore { state, .. } => Some(*state),
+    };
+    // Inputs first: a missing file is reported before any KVM work. A restored guest
+    // needs no kernel.
+    let mut kernel = match restore {
+        Some(_) => None,
+        None => Some(
+            open_regular(&res.kernel_path)
+                .map_err(|e| BuildError::KernelOpen(res.kernel_path.clone(), e))?,
+        ),
+    };
+    let mut initrd = match (&res.initrd_path, restore) {
+        (Some(p), None) => Some((
             p,
             open_regular(p).map_err(|e| BuildError::InitrdOpen(p.clone(), e))?,
         )),
-        None => None,
+        _ => None,
     };
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
     cmdline
@@ -275,9 +325,16 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
     }
     let serial_out = serial_output(res)?;
 
-    let vm = Vm::new()?;
+    let mut vm = Vm::new()?;
     log::debug!("KVM VM created");
-    let guest_mem = Arc::new(memory::create_guest_memory(res.mem_size_mib)?);
+    vm.track_dirty_pages(res.track_dirty_pages);
+    let guest_mem = Arc::new(match &start {
+        Start::Boot => memory::create_guest_memory(res.mem_size_mib)?,
+        Start::Restore { state, mem, .. } => {
+            check_layout(state, res)?;
+            memory::guest_memory_from_file(res.mem_size_mib, mem)?
+        }
+    });
     vm.register_memory(&guest_mem)?;
     log::debug!("guest memory mapped and registered");
     let mem_size = res.mem_size_mib << 20;
@@ -297,15 +354,20 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
         .collect::<Result<Vec<_>, _>>()?;
     let irqchip = vm.create_irqchip(&vcpu_fds)?;
 
-    let kernel_entry = boot::load_kernel(guest_mem.as_ref(), &mut kernel, mem_size)
-        .map_err(|e| BuildError::Kernel(res.kernel_path.clone(), e))?;
-    log::debug!("kernel loaded: {kernel_entry:?}");
-    let initrd = match initrd.as_mut() {
-        Some((path, file)) => Some(
-            boot::load_initrd(guest_mem.as_ref(), file, kernel_entry.end, mem_size)
-                .map_err(|e| BuildError::Initrd((*path).clone(), e))?,
+    let kernel_entry = match kernel.as_mut() {
+        Some(k) => Some(
+            boot::load_kernel(guest_mem.as_ref(), k, mem_size)
+                .map_err(|e| BuildError::Kernel(res.kernel_path.clone(), e))?,
         ),
         None => None,
+    };
+    log::debug!("kernel loaded: {kernel_entry:?}");
+    let initrd = match (initrd.as_mut(), &kernel_entry) {
+        (Some((path, file)), Some(k)) => Some(
+            boot::load_initrd(guest_mem.as_ref(), file, k.end, mem_size)
+                .map_err(|e| BuildError::Initrd((*path).clone(), e))?,
+        ),
+        _ => None,
     };
     log::debug!("initrd loaded");
     // Virtio devices before the boot structures, which describe them.
@@ -332,18 +394,33 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
         sources.net.push((spec.id.clone(), net.counters()));
         device_manager.attach(&vm, &guest_mem, &mut mmio, &mut cmdline, Box::new(net))?;
     }
-    boot::configure_system(
-        guest_mem.as_ref(),
-        &BootSetup {
-            kernel: &kernel_entry,
-            cmdline: &cmdline,
-            initrd,
-            mem_size,
-            vcpus: res.vcpu_count,
-            virtio: device_manager.devices(),
-            irqchip: &irqchip,
-        },
-    )?;
+    if let Some(kernel) = &kernel_entry {
+        boot::configure_system(
+            guest_mem.as_ref(),
+            &BootSetup {
+                kernel,
+                cmdline: &cmdline,
+                initrd,
+                mem_size,
+                vcpus: res.vcpu_count,
+                virtio: device_manager.devices(),
+                irqchip: &irqchip,
+            },
+        )?;
+    }
+    let transports: Vec<_> = device_manager
+        .transports()
+        .iter()
+        .cloned()
+        .zip(device_pauses.iter().cloned())
+        .collect();
+    if let Some(state) = restore {
+        restore_virtio(
+            state,
+            &transports,
+            matches!(start, Start::Restore { resume: false, .. }),
+        )?;
+    }
 
     // The platform's own devices, on the bus and at the lines the architecture gives them.
     let mut pio = Bus::new();
@@ -355,11 +432,13 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
     let rx_drained = new_evt()?;
     let uart_out = Arc::new(AtomicU64::new(0));
     sources.uart_out = Some(uart_out.clone());
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        serial_irq,
-        Box::new(CountingWriter::new(serial_out, uart_out)),
-        rx_drained.try_clone().map_err(BuildError::EventFd)?,
-    )));
+    let serial_out: Box<dyn Write + Send> = Box::new(CountingWriter::new(serial_out, uart_out));
+    let rx_evt = rx_drained.try_clone().map_err(BuildError::EventFd)?;
+    let serial = Arc::new(Mutex::new(match restore {
+        Some(state) => SerialDevice::from_snapshot(&state.serial, serial_irq, serial_out, rx_evt)
+            .map_err(BuildError::Restore)?,
+        None => SerialDevice::new(serial_irq, serial_out, rx_evt),
+    }));
     place(&mut pio, &mut mmio, serial.clone(), arch::layout::SERIAL)?;
     let reset_evt = new_evt()?;
     let i8042 = match arch::layout::I8042 {
@@ -370,20 +449,27 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
                 vm.register_irqfd(&kbd_irq, irq)?;
                 dev = dev.with_keyboard_irq(kbd_irq);
             }
+            if let Some(saved) = restore.and_then(|s| s.i8042.as_ref()) {
+                dev.restore(saved);
+            }
             let dev = Arc::new(Mutex::new(dev));
             place(&mut pio, &mut mmio, dev.clone(), at)?;
             Some(dev)
         }
         None => None,
     };
-    if let Some(at) = arch::layout::RTC {
-        place(
-            &mut pio,
-            &mut mmio,
-            Arc::new(Mutex::new(RtcDevice::new())),
-            at,
-        )?;
-    }
+    let rtc = match arch::layout::RTC {
+        Some(at) => {
+            let dev = match restore.and_then(|s| s.rtc.as_ref()) {
+                Some(saved) => RtcDevice::from_snapshot(saved),
+                None => RtcDevice::new(),
+            };
+            let dev = Arc::new(Mutex::new(dev));
+            place(&mut pio, &mut mmio, dev.clone(), at)?;
+            Some(dev)
+        }
+        None => None,
+    };
     let pio = Arc::new(pio);
     let mmio = Arc::new(mmio);
 
@@ -414,9 +500,26 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
             mmio.clone(),
             guest_mem.clone(),
             StopNotifier::new(tx.clone(), stop_evt.clone()),
+            &vm,
         );
-        vcpu.configure(&vm, res.vcpu_count, &kernel_entry, mem_size)?;
+        match (&kernel_entry, restore) {
+            (Some(kernel), _) => vcpu.configure(&vm, res.vcpu_count, kernel, mem_size)?,
+            (None, Some(state)) => {
+                let saved = state.vcpus.get(usize::from(index)).ok_or_else(|| {
+                    BuildError::Restore(format!("no saved state for vCPU {index}"))
+                })?;
+                vcpu.restore(&vm, saved)?;
+            }
+            (None, None) => return Err(BuildError::Restore("nothing to start from".into())),
+        }
+        if matches!(start, Start::Restore { resume: false, .. }) {
+            vcpu.control().start_paused();
+        }
         vcpus.push(vcpu);
+    }
+    if let Some(state) = restore {
+        // After every vCPU: aarch64's redistributors belong to them.
+        vm.restore_state(&irqchip, &state.vcpus, &state.vm)?;
     }
     if let (Some(hook), Some(boot_vcpu)) = (opts.on_first_run.take(), vcpus.first_mut()) {
         boot_vcpu.on_first_run(hook);
@@ -428,17 +531,72 @@ pub fn build(res: &VmResources, opts: &mut RunOptions) -> Result<Vmm, BuildError
         vcpu.start()?;
     }
     Ok(Vmm {
-        _vm: vm,
-        _irqchip: irqchip,
         em,
         watcher,
-        serial,
+        serial: serial.clone(),
         runtime: Runtime {
             vcpus: sources.vcpus.clone(),
             metrics: sources,
             i8042,
             drives: swaps,
             devices: device_pauses,
+            vm: Arc::new(vm),
+            irqchip: Arc::new(irqchip),
+            mem: guest_mem,
+            transports,
+            serial,
+            rtc,
         },
     })
+}
+
+/// The snapshot's memory layout and vCPU count must be what its configuration builds.
+fn check_layout(state: &MicrovmState, res: &VmResources) -> Result<(), BuildError> {
+    let expected: Vec<(u64, u64)> = arch::layout::ram_regions(res.mem_size_mib << 20)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(a, len)| (a.0, len))
+        .collect();
+    if state.memory != expected {
+        return Err(BuildError::Restore(format!(
+            "its memory regions {:x?} are not those of a {} MiB guest ({expected:x?})",
+            state.memory, res.mem_size_mib
+        )));
+    }
+    if state.vcpus.len() != usize::from(res.vcpu_count) {
+        return Err(BuildError::Restore(format!(
+            "it has {} vCPU states for vcpu_count {}",
+            state.vcpus.len(),
+            res.vcpu_count
+        )));
+    }
+    if state.virtio.len() != res.drives.len() + res.net.len() {
+        return Err(BuildError::Restore(format!(
+            "it has {} virtio devices, its configuration {}",
+            state.virtio.len(),
+            res.drives.len() + res.net.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Puts each transport in its saved state, restarting the devices that ran; those of a
+/// guest that stays paused are paused before their threads start.
+fn restore_virtio(
+    state: &MicrovmState,
+    transports: &[(Arc<Mutex<MmioTransport>>, Arc<DevicePause>)],
+    paused: bool,
+) -> Result<(), BuildError> {
+    for (i, ((t, pause), saved)) in transports.iter().zip(&state.virtio).enumerate() {
+        if paused {
+            // No thread runs yet: this only sets the switch, which the thread obeys from
+            // its first pass.
+            pause.pause(std::time::Duration::ZERO);
+        }
+        t.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .restore(saved)
+            .map_err(|e| BuildError::Restore(format!("virtio device {i}: {e}")))?;
+    }
+    Ok(())
 }

@@ -43,6 +43,7 @@ pub struct MmioDeviceManager {
     next_base: u64,
     next_irq: u32,
     attached: Vec<VirtioDeviceInfo>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl Default for MmioDeviceManager {
@@ -58,6 +59,7 @@ impl MmioDeviceManager {
             next_base: MMIO_DEVICES_START,
             next_irq: IRQ_DEVICES_FIRST,
             attached: Vec::new(),
+            transports: Vec::new(),
         }
     }
 
@@ -85,7 +87,9 @@ impl MmioDeviceManager {
         for (index, evt) in transport.queue_evts().iter().enumerate() {
             vm.register_ioevent(evt, base + QUEUE_NOTIFY_OFFSET, index as u32)?;
         }
-        bus.insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_LEN)?;
+        let transport = Arc::new(Mutex::new(transport));
+        bus.insert(transport.clone(), base, MMIO_WINDOW_LEN)?;
+        self.transports.push(transport);
         let info = VirtioDeviceInfo {
             addr: base,
             len: MMIO_WINDOW_LEN,
@@ -97,6 +101,11 @@ impl MmioDeviceManager {
         self.next_base += MMIO_WINDOW_LEN;
         self.next_irq += 1;
         Ok((base, irq))
+    }
+
+    /// Every transport attached so far, in order (snapshots read and restore them).
+    pub fn transports(&self) -> &[Arc<Mutex<MmioTransport>>] {
+        &self.transports
     }
 
     /// Every device attached so far, in order.

@@ -8,6 +8,7 @@
 //! - [`console_input`]: console input (stdin) to the guest's UART.
 //! - [`rpc`]: what the API's actions do (pre-boot configuration, start, pause, metrics).
 //! - [`metrics`]: Firecracker-style metrics lines.
+//! - [`snapshot`]: snapshot create and load.
 
 pub mod builder;
 pub mod console_input;
@@ -16,6 +17,7 @@ pub mod event_loop;
 pub mod memory;
 pub mod metrics;
 pub mod rpc;
+pub mod snapshot;
 pub mod vstate;
 
 pub use builder::{build, build_and_run, BuildError, RunOptions, Vmm};

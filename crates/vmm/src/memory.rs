@@ -1,9 +1,14 @@
 //! Guest RAM: anonymous private mappings laid out by the architecture's memory map.
 
 use arch::layout;
+use devices::virtio::GuestMemoryMmap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use thiserror::Error;
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::bitmap::NewBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::GuestRegionMmap;
 
 /// Errors allocating guest memory.
 #[derive(Debug, Error)]
@@ -101,25 +106,79 @@ fn map_aligned(size: usize) -> std::io::Result<*mut u8> {
 /// as long as the process (one ember process runs one guest, and its vCPU and device
 /// threads use the memory until the process exits), so nothing unmaps it.
 pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    create(mib, None)
+}
+
+/// Guest RAM of `mib` MiB whose content is `file` (a snapshot's memory file, regions back
+/// to back), mapped privately: pages are read from the file when the guest first touches
+/// them, clones of one snapshot share the pages none of them wrote (the page cache), and
+/// the guest's writes never reach the file. Same placement as [`create_guest_memory`].
+pub fn guest_memory_from_file(mib: u64, file: &File) -> Result<GuestMemoryMmap, MemoryError> {
+    create(mib, Some(file))
+}
+
+fn create(mib: u64, file: Option<&File>) -> Result<GuestMemoryMmap, MemoryError> {
     let bytes = mib.checked_mul(1 << 20).ok_or(MemoryError::TooLarge(mib))?;
     let ranges = layout::ram_regions(bytes).ok_or(MemoryError::TooLarge(mib))?;
     let cannot_map = |reason: String| MemoryError::CannotMap { mib, reason };
     let mut regions = Vec::with_capacity(ranges.len());
+    let mut file_offset: u64 = 0;
     for (addr, size) in ranges {
         let size = usize::try_from(size).map_err(|_| MemoryError::TooLarge(mib))?;
         let ptr = map_aligned(size).map_err(|e| cannot_map(e.to_string()))?;
-        // SAFETY: [ptr, ptr + size) is the mapping map_aligned just made, readable and
-        // writable, and never unmapped (see above), so it stays valid for the region.
-        let builder = unsafe { MmapRegionBuilder::new(size).with_raw_mmap_pointer(ptr) };
+        let mut flags = libc::MAP_ANONYMOUS | libc::MAP_PRIVATE;
+        if let Some(f) = file {
+            let offset =
+                libc::off_t::try_from(file_offset).map_err(|_| MemoryError::TooLarge(mib))?;
+            // SAFETY: replaces [ptr, ptr + size), the anonymous mapping map_aligned just
+            // made and nothing uses yet, with a private mapping of the file at the same
+            // place (MAP_FIXED); the guard pages around it stay. The result is checked.
+            let got = unsafe {
+                libc::mmap(
+                    ptr.cast(),
+                    size,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED,
+                    f.as_raw_fd(),
+                    offset,
+                )
+            };
+            if got == libc::MAP_FAILED || got.cast::<u8>() != ptr {
+                return Err(cannot_map(format!(
+                    "the memory file: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+            flags = libc::MAP_PRIVATE;
+        }
+        file_offset += size as u64;
+        // SAFETY: [ptr, ptr + size) is the mapping made above, readable and writable, and
+        // never unmapped (see above), so it stays valid for the region.
+        let builder = unsafe {
+            MmapRegionBuilder::new_with_bitmap(size, AtomicBitmap::with_len(size))
+                .with_raw_mmap_pointer(ptr)
+        };
         let mapping = builder
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE)
+            .with_mmap_flags(flags)
             .build()
             .map_err(|e| cannot_map(e.to_string()))?;
         let region = GuestRegionMmap::new(mapping, addr).ok_or(MemoryError::TooLarge(mib))?;
         regions.push(region);
     }
     GuestMemoryMmap::from_regions(regions).map_err(|e| cannot_map(e.to_string()))
+}
+
+/// Adds to `bits` (one bit per page of `region`, KVM's dirty-log layout) the pages devices
+/// wrote since the last call, and clears the device bitmap.
+pub fn take_device_dirty(region: &GuestRegionMmap<AtomicBitmap>, bits: &mut Vec<u64>) {
+    let device = std::ops::Deref::deref(region).bitmap().get_and_reset();
+    if bits.len() < device.len() {
+        bits.resize(device.len(), 0);
+    }
+    for (b, d) in bits.iter_mut().zip(device) {
+        *b |= d;
+    }
 }
 
 #[cfg(test)]

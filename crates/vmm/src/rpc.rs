@@ -4,8 +4,9 @@
 //! leave as typed data or a typed error; the HTTP side (status codes included) is the
 //! `api` crate's.
 
-use crate::builder::{self, BuildError, RunOptions, Runtime, Vmm};
+use crate::builder::{self, BuildError, RunOptions, Runtime, Start, Vmm};
 use crate::metrics::{MetricsError, MetricsWriter, RequestCounts, Sources, PERIOD};
+use crate::snapshot;
 use crate::vstate::vcpu;
 use devices::virtio::block::DiskFile;
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -54,6 +55,20 @@ pub enum Handled {
     Answer(Outcome),
     /// `InstanceStart` with a valid configuration: build the VM, then answer.
     Start(Box<VmResources>),
+    /// `PUT /snapshot/load` with a snapshot that reads and checks: build the VM from it.
+    Restore(Box<RestoreJob>),
+}
+
+/// A snapshot to load: what to build, and the state to put in it.
+pub struct RestoreJob {
+    /// The saved configuration, validated.
+    pub resources: VmResources,
+    /// The saved configuration as the API shows it afterwards.
+    pub config: VmConfig,
+    /// The snapshot.
+    pub loaded: snapshot::Loaded,
+    /// Whether the guest runs at once.
+    pub resume: bool,
 }
 
 /// The per-VM state behind the API.
@@ -65,6 +80,9 @@ pub struct Controller {
     metrics: Option<MetricsWriter>,
     api_counters: Option<RequestCounts>,
     logger: LoggerHook,
+    /// A pre-boot resource other than the logger and metrics was configured: a snapshot
+    /// can no longer be loaded (Firecracker's rule).
+    configured: bool,
 }
 
 /// The id in a request's path must be the body's.
@@ -123,6 +141,7 @@ impl Controller {
             metrics: None,
             api_counters: None,
             logger,
+            configured: false,
         }
     }
 
@@ -150,6 +169,20 @@ impl Controller {
     pub fn started(&mut self, rt: Runtime) {
         self.runtime = Some(rt);
         self.state = InstanceState::Running;
+    }
+
+    /// Records a VM restored from a snapshot: its configuration is the snapshot's (this
+    /// process's logger and metrics kept), running or paused as the load asked.
+    pub fn restored(&mut self, rt: Runtime, mut config: VmConfig, resumed: bool) {
+        config.logger = self.config.logger.take();
+        config.metrics = self.config.metrics.take();
+        self.config = config;
+        self.runtime = Some(rt);
+        self.state = if resumed {
+            InstanceState::Running
+        } else {
+            InstanceState::Paused
+        };
     }
 
     fn sources(&self) -> Sources {
@@ -207,8 +240,56 @@ impl Controller {
             })),
             Request::GetVmConfig => done(Answer::VmConfig(Box::new(self.config.clone()))),
             Request::GetMachineConfig => done(Answer::MachineConfig(self.config.machine())),
+            Request::CreateSnapshot(p) => {
+                p.validate()
+                    .map_err(|e| RequestError::Invalid(e.to_string()))?;
+                let rt = self.running("snapshot/create: the guest has not been started")?;
+                if self.state != InstanceState::Paused {
+                    return Err(RequestError::Invalid(
+                        "snapshot/create: the microVM must be paused first (PATCH /vm {\"state\": \"Paused\"})".into(),
+                    ));
+                }
+                let t0 = std::time::Instant::now();
+                let w = snapshot::create(rt, &self.config, &p)
+                    .map_err(|e| RequestError::Invalid(format!("snapshot/create: {e}")))?;
+                log::info!(
+                    "snapshot ({:?}) created in {} ms: state {} bytes, memory {} bytes written",
+                    p.snapshot_type,
+                    t0.elapsed().as_millis(),
+                    w.state_bytes,
+                    w.memory_bytes
+                );
+                done(Answer::Empty)
+            }
+            Request::LoadSnapshot(p) => {
+                if self.state != InstanceState::NotStarted {
+                    return Err(RequestError::Invalid(
+                        "snapshot/load: the guest has already been started; load into a new ember"
+                            .into(),
+                    ));
+                }
+                if self.configured {
+                    return Err(RequestError::Invalid(
+                        "snapshot/load: only logger and metrics may be configured before a snapshot is loaded".into(),
+                    ));
+                }
+                let loaded = snapshot::load(&p)
+                    .map_err(|e| RequestError::Invalid(format!("snapshot/load: {e}")))?;
+                let resources = loaded.config.validate().map_err(|e| {
+                    RequestError::Invalid(format!(
+                        "snapshot/load: the snapshot's configuration: {e}"
+                    ))
+                })?;
+                Ok(Handled::Restore(Box::new(RestoreJob {
+                    resources,
+                    config: loaded.config.clone(),
+                    loaded,
+                    resume: p.resume_vm,
+                })))
+            }
             Request::PutBootSource(b) => {
                 self.pre_boot("boot-source")?;
+                self.configured = true;
                 if b.kernel_image_path.is_empty() {
                     return Err(model::ConfigError::EmptyKernelPath.into());
                 }
@@ -217,15 +298,18 @@ impl Controller {
             }
             Request::PutMachineConfig(m) => {
                 self.pre_boot("machine-config")?;
+                self.configured = true;
                 self.set_machine(m)
             }
             Request::PatchMachineConfig(p) => {
                 self.pre_boot("machine-config")?;
+                self.configured = true;
                 let m = self.config.machine().patched(p);
                 self.set_machine(m)
             }
             Request::PutDrive(id, d) => {
                 self.pre_boot("a drive")?;
+                self.configured = true;
                 let opened = (
                     d.path_on_host.clone(),
                     d.is_read_only.unwrap_or(false),
@@ -274,6 +358,7 @@ impl Controller {
             }
             Request::PutNetworkInterface(id, n) => {
                 self.pre_boot("a network interface")?;
+                self.configured = true;
                 let ifaces = upsert(&self.config.network_interfaces, n, "interface", &id, |x| {
                     &x.iface_id
                 })?;
@@ -384,6 +469,23 @@ pub fn serve_until_started(
                 }
                 Err(e) => Err(e.into()),
             },
+            Handled::Restore(job) => {
+                let t0 = std::time::Instant::now();
+                let start = Start::Restore {
+                    state: &job.loaded.state,
+                    mem: &job.loaded.mem_file,
+                    resume: job.resume,
+                };
+                match builder::build_with(&job.resources, opts, start) {
+                    Ok(vmm) => {
+                        log::info!("snapshot loaded in {} ms", t0.elapsed().as_millis());
+                        ctl.restored(vmm.runtime(), job.config, job.resume);
+                        let _ = link.answers.send(Ok(Answer::Empty));
+                        return Ok(vmm);
+                    }
+                    Err(e) => Err(RequestError::Invalid(format!("snapshot/load: {e}"))),
+                }
+            }
         };
         let _ = link.answers.send(outcome);
     }
@@ -432,7 +534,7 @@ impl MutEventSubscriber for ApiSubscriber {
         while let Ok(request) = link.requests.try_recv() {
             let outcome = match self.ctl.handle(request) {
                 Handled::Answer(o) => o,
-                Handled::Start(_) => Err(RequestError::AlreadyStarted),
+                Handled::Start(_) | Handled::Restore(_) => Err(RequestError::AlreadyStarted),
             };
             let _ = link.answers.send(outcome);
         }

@@ -73,7 +73,7 @@ impl GicLayout {
 /// The in-kernel GIC. Dropping it would not remove it from the VM, but the VM keeps it for
 /// the guest's life anyway, as the owner of the device fd.
 pub struct Gic {
-    _fd: DeviceFd,
+    fd: DeviceFd,
     layout: GicLayout,
 }
 
@@ -124,12 +124,22 @@ impl Gic {
             0,
             "initialisation",
         )?;
-        Ok(Gic { _fd: fd, layout })
+        Ok(Gic { fd, layout })
     }
 
     /// Where its frames are.
     pub fn layout(&self) -> GicLayout {
         self.layout
+    }
+
+    /// Which GIC KVM gave the guest.
+    pub fn version(&self) -> GicVersion {
+        self.layout.version
+    }
+
+    /// The KVM device, for saving and restoring its registers (`state`).
+    pub(crate) fn fd(&self) -> &DeviceFd {
+        &self.fd
     }
 
     /// One line for the log: the version and where it is.

@@ -7,4 +7,5 @@ pub mod gdt;
 pub mod layout;
 pub mod mptable;
 pub mod regs;
+pub mod state;
 pub mod vm;

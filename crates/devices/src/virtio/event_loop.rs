@@ -135,6 +135,12 @@ impl<T: Copy + PartialEq> DeviceEvents<T> {
         self.pause.check()
     }
 
+    /// As [`DeviceEvents::paused`], recording the device's queues (`queues()`) when it
+    /// parks, for a snapshot of the paused VM.
+    pub fn paused_with(&self, queues: impl FnOnce() -> Vec<virtio_queue::QueueState>) -> bool {
+        self.pause.check_recording(queues)
+    }
+
     /// Waits until something is ready. A stop wins over everything else in the same
     /// wake-up; otherwise `on_event` gets each of the device's ready sources with what it
     /// is ready for (the device drains its own eventfds). A signal ends the wait early

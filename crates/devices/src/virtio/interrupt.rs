@@ -64,6 +64,13 @@ impl Interrupt {
         self.needs_reset.load(Ordering::SeqCst)
     }
 
+    /// Restores a saved InterruptStatus and failure flag (snapshots). The line itself is
+    /// not raised: the interrupt controller's own saved state holds what was pending.
+    pub fn restore(&self, status: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
+    }
+
     /// Driver reset: no pending status, no failure.
     pub fn reset(&self) {
         self.status.store(0, Ordering::SeqCst);

@@ -8,8 +8,9 @@
 
 use super::{status, Activation, GuestMemory, Interrupt, VirtioDevice, F_EVENT_IDX, F_VERSION_1};
 use crate::bus::BusDevice;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Size of a device's register window.
@@ -54,6 +55,72 @@ mod reg {
     pub const SHM_LEN_HIGH: u64 = m::VIRTIO_MMIO_SHM_LEN_HIGH as u64;
     pub const CONFIG_GENERATION: u64 = m::VIRTIO_MMIO_CONFIG_GENERATION as u64;
     pub const CONFIG: u64 = m::VIRTIO_MMIO_CONFIG as u64;
+}
+
+/// One queue of a transport in a snapshot: the driver's configuration, and where the
+/// device had got to in the rings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    /// The queue size the driver chose.
+    pub size: u16,
+    /// QueueReady.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Driver area (available ring) address.
+    pub avail_ring: u64,
+    /// Device area (used ring) address.
+    pub used_ring: u64,
+    /// The device's next available index to read.
+    pub next_avail: u16,
+    /// The device's next used index to write.
+    pub next_used: u16,
+}
+
+/// A transport's registers and its queues, for snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportState {
+    /// The virtio device type behind it (checked on restore).
+    pub device_type: u32,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// The features the driver accepted.
+    pub driver_features: u64,
+    /// The device status register.
+    pub status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// Whether the device had failed (DEVICE_NEEDS_RESET).
+    pub needs_reset: bool,
+    /// Whether the device was running (DRIVER_OK accepted).
+    pub active: bool,
+    /// Every queue, in order.
+    pub queues: Vec<QueueSnapshot>,
+}
+
+/// Why a saved transport cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The snapshot has another device at this window.
+    #[error("the snapshot has virtio device type {saved} here, the configuration type {actual}")]
+    DeviceType {
+        /// In the snapshot.
+        saved: u32,
+        /// Configured now.
+        actual: u32,
+    },
+    /// The queue count or a queue's setting does not fit the device.
+    #[error("queue {0}: {1}")]
+    Queue(usize, String),
+    /// The device could not be started again.
+    #[error("the device could not be started: {0}")]
+    Activate(String),
 }
 
 /// One virtio device behind a virtio-mmio register window.
@@ -102,6 +169,93 @@ impl MmioTransport {
             config_generation: 0,
             active: false,
         })
+    }
+
+    /// The registers and queues, for a snapshot. Call with the VM paused: `device_queues`
+    /// are the queues as the device's thread left them ([`super::DevicePause::parked_queues`]),
+    /// `None` if no thread runs.
+    pub fn save(&self, device_queues: Option<&[QueueState]>) -> TransportState {
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                // The device's copy moved on through the rings; the transport's did not.
+                let live = device_queues.and_then(|d| d.get(i)).filter(|_| self.active);
+                QueueSnapshot {
+                    size: q.size(),
+                    ready: q.ready(),
+                    desc_table: q.desc_table(),
+                    avail_ring: q.avail_ring(),
+                    used_ring: q.used_ring(),
+                    next_avail: live.map_or(q.next_avail(), |s| s.next_avail),
+                    next_used: live.map_or(q.next_used(), |s| s.next_used),
+                }
+            })
+            .collect();
+        TransportState {
+            device_type: self.device.device_type(),
+            queue_sel: self.queue_sel,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            status: self.status,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            needs_reset: self.interrupt.needs_reset(),
+            active: self.active,
+            queues,
+        }
+    }
+
+    /// Puts a new transport (as [`MmioTransport::new`] made it) in a saved state and, if
+    /// the device was running, starts it on the saved queues. Nothing in `state` is
+    /// trusted: a queue that does not fit the device is an error.
+    pub fn restore(&mut self, state: &TransportState) -> Result<(), RestoreError> {
+        let actual = self.device.device_type();
+        if state.device_type != actual {
+            return Err(RestoreError::DeviceType {
+                saved: state.device_type,
+                actual,
+            });
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(RestoreError::Queue(
+                state.queues.len(),
+                format!("the device has {} queues", self.queues.len()),
+            ));
+        }
+        for (i, (q, s)) in self.queues.iter_mut().zip(&state.queues).enumerate() {
+            let saved = QueueState {
+                max_size: q.max_size(),
+                next_avail: s.next_avail,
+                next_used: s.next_used,
+                event_idx_enabled: state.driver_features & (1 << F_EVENT_IDX) != 0,
+                size: s.size,
+                ready: s.ready,
+                desc_table: s.desc_table,
+                avail_ring: s.avail_ring,
+                used_ring: s.used_ring,
+            };
+            *q = Queue::try_from(saved).map_err(|e| RestoreError::Queue(i, e.to_string()))?;
+        }
+        self.queue_sel = state.queue_sel;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.status = state.status;
+        self.config_generation = state.config_generation;
+        self.interrupt
+            .restore(state.interrupt_status, state.needs_reset);
+        if state.active {
+            self.activate();
+            if !self.active {
+                return Err(RestoreError::Activate(format!(
+                    "virtio device type {actual} refused its saved queues"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The per-queue notification eventfds, in queue order (for KVM ioeventfds).
@@ -365,9 +519,10 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::GuestMemoryMmap;
     use crate::virtio::{ActivateError, TYPE_BLOCK};
     use std::sync::Mutex;
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
+    use vm_memory::GuestAddress;
 
     #[derive(Default)]
     struct Record {
@@ -409,8 +564,7 @@ mod tests {
     }
 
     fn transport() -> (MmioTransport, Arc<Mutex<Record>>) {
-        let mem =
-            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
         let record = Arc::new(Mutex::new(Record::default()));
         let dev = FakeDevice {
             record: record.clone(),

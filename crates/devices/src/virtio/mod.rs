@@ -27,8 +27,11 @@ use std::sync::Arc;
 use thiserror::Error;
 use virtio_bindings::{virtio_config, virtio_ids, virtio_ring};
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+
+/// Guest RAM, with a bitmap of the pages devices wrote (vm-memory marks writes made
+/// through it; raw-pointer I/O marks its own), for diff snapshots.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;
 
 /// Guest memory as devices hold it: shared with the vCPUs and the other devices.
 pub type GuestMemory = Arc<GuestMemoryMmap>;

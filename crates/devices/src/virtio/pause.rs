@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
+use virtio_queue::QueueState;
 use vmm_sys_util::eventfd::EventFd;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -24,6 +25,9 @@ pub struct DevicePause {
     state: Mutex<State>,
     changed: Condvar,
     evt: EventFd,
+    /// The device's queues as the thread left them when it parked (for snapshots: the
+    /// thread's next_avail/next_used, which the transport's copy does not follow).
+    queues: Mutex<Option<Vec<QueueState>>>,
 }
 
 impl DevicePause {
@@ -34,6 +38,7 @@ impl DevicePause {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            queues: Mutex::new(None),
         })
     }
 
@@ -50,15 +55,35 @@ impl DevicePause {
     /// Cheap when no pause is asked for: one atomic load. The thread drains `evt` itself
     /// when its poll reports it.
     pub fn check(&self) -> bool {
+        self.check_recording(Vec::new)
+    }
+
+    /// As [`DevicePause::check`]; on parking, first records `queues()`, the state of the
+    /// thread's queues, so the VMM reads them once `pause` returns.
+    pub fn check_recording(&self, queues: impl FnOnce() -> Vec<QueueState>) -> bool {
         if !self.requested.load(Ordering::Acquire) {
             return false;
         }
         let mut st = self.lock();
         if st.requested && !st.parked {
+            *self.queues.lock().unwrap_or_else(|p| p.into_inner()) = Some(queues());
             st.parked = true;
             self.changed.notify_all();
         }
         st.requested
+    }
+
+    /// VMM thread, while paused: the queues the device thread recorded when it parked, or
+    /// `None` if no thread runs (the device is not active).
+    pub fn parked_queues(&self) -> Option<Vec<QueueState>> {
+        let st = self.lock();
+        if !(st.attached && st.parked) {
+            return None;
+        }
+        self.queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Device thread: it starts serving (and will check the switch).
@@ -103,6 +128,7 @@ impl DevicePause {
     /// VMM thread: lets the device thread run again.
     pub fn resume(&self) {
         let mut st = self.lock();
+        *self.queues.lock().unwrap_or_else(|p| p.into_inner()) = None;
         st.requested = false;
         st.parked = false;
         self.requested.store(false, Ordering::Release);

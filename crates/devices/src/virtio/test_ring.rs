@@ -2,13 +2,14 @@
 //! virtio-queue's mock rings (`virtio_queue::mock`, feature `test-utils`). Tests write descriptors with any flags and `next`
 //! values they like (loops, bad addresses, bad indirect tables): nothing here checks them.
 
+use crate::virtio::GuestMemoryMmap;
 use std::sync::Arc;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::{AvailRing, DescriptorTable, UsedRing};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, GuestAddress};
 
 /// Descriptor flag: the chain goes on at `next`.
 pub const NEXT: u16 = VRING_DESC_F_NEXT as u16;
@@ -20,7 +21,7 @@ pub const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 /// Guest memory for a test, alive until the test process ends: the mock's rings borrow
 /// it, and a device thread may hold it too.
 pub fn leak_memory(size: usize) -> &'static Arc<GuestMemoryMmap> {
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size)]).unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap();
     Box::leak(Box::new(Arc::new(mem)))
 }
 

@@ -7,6 +7,7 @@
 use crate::vstate::vm::Vm;
 use arch::boot::KernelEntry;
 use arch::regs::{self, RegsError};
+use devices::virtio::GuestMemoryMmap;
 use devices::Bus;
 use kvm_bindings::kvm_run;
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
@@ -19,7 +20,6 @@ use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{self, Killable};
 
@@ -40,6 +40,9 @@ pub enum VcpuError {
     /// The thread could not be spawned.
     #[error("vcpu {0}: cannot start its thread: {1}")]
     Spawn(u8, std::io::Error),
+    /// The saved state could not be restored.
+    #[error("vcpu {0}: cannot restore its state: {1}")]
+    Restore(u8, arch::state::StateError),
 }
 
 /// Why a vCPU stopped running the guest.
@@ -104,7 +107,12 @@ enum RunState {
     Running,
     PauseRequested,
     Paused,
+    /// Paused, and the VMM asks the thread to save the vCPU's state (a snapshot).
+    SaveRequested,
 }
+
+/// A vCPU's saved state, or why it could not be saved.
+pub type SavedVcpu = Result<arch::state::VcpuState, String>;
 
 /// The signal that kicks a vCPU thread out of KVM_RUN so it sees a pause request.
 fn kick_signal() -> libc::c_int {
@@ -168,6 +176,8 @@ pub struct VcpuControl {
     thread: Mutex<ThreadSlot>,
     /// CPU time (µs) of the thread once it has ended.
     final_cpu_us: AtomicU64,
+    /// The state the thread saved on a SaveRequested, until the VMM takes it.
+    saved: Mutex<Option<SavedVcpu>>,
     /// Exit counters.
     pub exits: VcpuExits,
 }
@@ -180,6 +190,7 @@ impl Default for VcpuControl {
             changed: Condvar::new(),
             thread: Mutex::new(ThreadSlot::default()),
             final_cpu_us: AtomicU64::new(0),
+            saved: Mutex::new(None),
             exits: VcpuExits::default(),
         }
     }
@@ -194,8 +205,9 @@ impl VcpuControl {
         self.thread.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Called by the vCPU thread between exits: parks it while a pause is requested.
-    fn checkpoint(&self) {
+    /// Called by the vCPU thread between exits: parks it while a pause is requested, and
+    /// saves the vCPU's state with `save` when the VMM asks for it meanwhile.
+    fn checkpoint(&self, save: &dyn Fn() -> SavedVcpu) {
         if !self.pausing.load(Ordering::Acquire) {
             return;
         }
@@ -204,9 +216,60 @@ impl VcpuControl {
             *st = RunState::Paused;
             self.changed.notify_all();
         }
-        while *st == RunState::Paused {
-            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        loop {
+            match *st {
+                RunState::Paused => st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner()),
+                RunState::SaveRequested => {
+                    let saved = save();
+                    *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
+                    *st = RunState::Paused;
+                    self.changed.notify_all();
+                }
+                RunState::Running | RunState::PauseRequested => return,
+            }
         }
+    }
+
+    /// Makes the vCPU start parked: its thread waits at its first checkpoint, before the
+    /// first KVM_RUN, until [`resume_all`] (a restored VM that is not resumed yet).
+    pub fn start_paused(&self) {
+        *self.lock() = RunState::Paused;
+        self.pausing.store(true, Ordering::Release);
+    }
+
+    /// VMM thread, with the VM paused: has the vCPU's thread save its state, and waits
+    /// for it at most `within`.
+    pub fn save_state(&self, within: Duration) -> SavedVcpu {
+        let mut st = self.lock();
+        if *st != RunState::Paused {
+            return Err("the vCPU is not paused".into());
+        }
+        if self.lock_thread().ended {
+            return Err("the vCPU's thread has ended".into());
+        }
+        *st = RunState::SaveRequested;
+        self.changed.notify_all();
+        let deadline = Instant::now() + within;
+        while *st == RunState::SaveRequested {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                *st = RunState::Paused;
+                return Err(format!(
+                    "its state was not saved within {} ms",
+                    within.as_millis()
+                ));
+            }
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        self.saved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| Err("the vCPU's thread saved nothing".into()))
     }
 
     /// Sends the thread the kick signal, once: the handler's `immediate_exit` makes sure
@@ -325,6 +388,9 @@ pub struct Vcpu {
     stop: StopNotifier,
     first_run: Option<FirstRunHook>,
     control: Arc<VcpuControl>,
+    /// The MSRs a snapshot saves (KVM's saveable list).
+    #[cfg(target_arch = "x86_64")]
+    msrs: Arc<[u32]>,
 }
 
 enum Step {
@@ -341,7 +407,10 @@ impl Vcpu {
         mmio: Arc<Bus>,
         mem: Arc<GuestMemoryMmap>,
         stop: StopNotifier,
+        vm: &Vm,
     ) -> Self {
+        #[cfg(target_arch = "aarch64")]
+        let _ = vm;
         Vcpu {
             index,
             fd,
@@ -351,6 +420,8 @@ impl Vcpu {
             stop,
             first_run: None,
             control: Arc::default(),
+            #[cfg(target_arch = "x86_64")]
+            msrs: vm.saveable_msrs(),
         }
     }
 
@@ -400,6 +471,24 @@ impl Vcpu {
             .map_err(|e| VcpuError::Regs(self.index, e))
     }
 
+    /// Saves this vCPU's state (on its own thread, while it is out of KVM_RUN).
+    #[cfg(target_arch = "x86_64")]
+    fn save(&self) -> SavedVcpu {
+        arch::state::save_vcpu(&self.fd, self.index, &self.msrs).map_err(|e| e.to_string())
+    }
+
+    /// Saves this vCPU's state (on its own thread, while it is out of KVM_RUN).
+    #[cfg(target_arch = "aarch64")]
+    fn save(&self) -> SavedVcpu {
+        arch::state::save_vcpu(&self.fd).map_err(|e| e.to_string())
+    }
+
+    /// Puts the vCPU in a saved state, in place of [`Vcpu::configure`].
+    pub fn restore(&self, vm: &Vm, state: &arch::state::VcpuState) -> Result<(), VcpuError> {
+        arch::state::restore_vcpu(vm.fd(), &self.fd, self.index, state)
+            .map_err(|e| VcpuError::Restore(self.index, e))
+    }
+
     /// Starts the vCPU's thread. Its handle is kept in the vCPU's [`VcpuControl`], which
     /// kicks it through it.
     pub fn start(self) -> Result<(), VcpuError> {
@@ -428,7 +517,7 @@ impl Vcpu {
             hook();
         }
         loop {
-            self.control.checkpoint();
+            self.control.checkpoint(&|| self.save());
             if let Step::Stop(reason) = self.run_once() {
                 KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
                 self.control.exits.failures.fetch_add(
@@ -597,6 +686,7 @@ mod tests {
             Arc::new(Bus::new()),
             mem,
             stop,
+            vm,
         );
         let kernel = KernelEntry {
             mode: EntryMode::Pvh,

@@ -1,12 +1,13 @@
 //! The KVM VM: opening `/dev/kvm`, checking the capabilities we rely on, creating the
 //! in-kernel interrupt controllers and registering guest memory.
 
+use devices::virtio::GuestMemoryMmap;
 use kvm_bindings::kvm_userspace_memory_region;
 #[cfg(target_arch = "x86_64")]
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use thiserror::Error;
-use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Errors creating or configuring the VM.
@@ -30,6 +31,9 @@ pub enum VmError {
     /// The interrupt controller could not be created.
     #[error("interrupt controller: {0}")]
     IrqChip(arch::vm::IrqChipError),
+    /// Saving or restoring KVM's state of the VM failed.
+    #[error(transparent)]
+    State(#[from] arch::state::StateError),
 }
 
 /// A KVM virtual machine and its in-kernel interrupt controller.
@@ -37,6 +41,10 @@ pub struct Vm {
     fd: VmFd,
     #[cfg(target_arch = "x86_64")]
     cpuid: arch::cpuid::CpuidSource,
+    #[cfg(target_arch = "x86_64")]
+    msrs: std::sync::Arc<[u32]>,
+    /// Memory slots keep KVM's dirty log.
+    dirty_log: bool,
 }
 
 impl Vm {
@@ -63,6 +71,8 @@ impl Vm {
             tsc_deadline_timer: kvm.check_extension(Cap::TscDeadlineTimer),
             host: arch::cpuid::HostCpuid::read(),
         };
+        #[cfg(target_arch = "x86_64")]
+        let msrs = arch::state::saveable_msrs(&kvm)?.into();
         let fd = kvm
             .create_vm()
             .map_err(|e| VmError::Ioctl("KVM_CREATE_VM", e))?;
@@ -71,6 +81,9 @@ impl Vm {
             fd,
             #[cfg(target_arch = "x86_64")]
             cpuid,
+            #[cfg(target_arch = "x86_64")]
+            msrs,
+            dirty_log: false,
         })
     }
 
@@ -96,6 +109,22 @@ impl Vm {
         &self.fd
     }
 
+    /// The MSRs a vCPU snapshot saves.
+    #[cfg(target_arch = "x86_64")]
+    pub fn saveable_msrs(&self) -> std::sync::Arc<[u32]> {
+        self.msrs.clone()
+    }
+
+    /// Makes memory registered from now on keep KVM's dirty log (diff snapshots).
+    pub fn track_dirty_pages(&mut self, on: bool) {
+        self.dirty_log = on;
+    }
+
+    /// Whether the memory slots keep a dirty log.
+    pub fn tracks_dirty_pages(&self) -> bool {
+        self.dirty_log
+    }
+
     /// Registers every region of `mem` as a KVM memory slot.
     pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
         for (slot, region) in mem.iter().enumerate() {
@@ -106,7 +135,11 @@ impl Vm {
                         kvm_ioctls::Error::new(libc::ENOSPC),
                     )
                 })?,
-                flags: 0,
+                flags: if self.dirty_log {
+                    kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
                 guest_phys_addr: region.start_addr().raw_value(),
                 memory_size: region.len(),
                 userspace_addr: region.as_ptr() as u64,
@@ -151,6 +184,34 @@ impl Vm {
         self.fd
             .create_vcpu(u64::from(index))
             .map_err(|e| VmError::Ioctl("KVM_CREATE_VCPU", e))
+    }
+
+    /// Saves the VM-wide state (interrupt controllers, clocks), with every vCPU paused and
+    /// `vcpus` their saved states.
+    pub fn save_state(
+        &self,
+        chip: &arch::vm::IrqChip,
+        vcpus: &[arch::state::VcpuState],
+    ) -> Result<arch::state::VmState, VmError> {
+        Ok(arch::state::save_vm(&self.fd, chip, vcpus)?)
+    }
+
+    /// Restores the VM-wide state once every vCPU was restored.
+    pub fn restore_state(
+        &self,
+        chip: &arch::vm::IrqChip,
+        vcpus: &[arch::state::VcpuState],
+        state: &arch::state::VmState,
+    ) -> Result<(), VmError> {
+        Ok(arch::state::restore_vm(&self.fd, chip, vcpus, state)?)
+    }
+
+    /// The pages of memory slot `slot` (`len` bytes) the guest wrote since the last call,
+    /// one bit per page; clears KVM's log.
+    pub fn dirty_log(&self, slot: u32, len: usize) -> Result<Vec<u64>, VmError> {
+        self.fd
+            .get_dirty_log(slot, len)
+            .map_err(|e| VmError::Ioctl("KVM_GET_DIRTY_LOG", e))
     }
 
     /// What each vCPU's CPUID is derived from: KVM's supported CPUID, its TSC-deadline

@@ -7,10 +7,11 @@
 
 use super::disk::SECTOR_SIZE;
 use crate::virtio::u8_of;
+use crate::virtio::GuestMemoryMmap;
 use thiserror::Error;
 use virtio_bindings::virtio_blk;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Read sectors into the driver's buffers.
 pub const T_IN: u32 = virtio_blk::VIRTIO_BLK_T_IN;

@@ -6,6 +6,7 @@ use super::disk::{CacheType, DiskFile};
 use super::request::{S_IOERR, S_OK, S_UNSUPP, T_FLUSH, T_GET_ID, T_IN, T_OUT};
 use super::worker::{BlockCounters, QueueBroken, RequestHandler};
 use crate::virtio::test_ring::{leak_memory, table_desc, Ring, INDIRECT, NEXT, WRITE};
+use crate::virtio::GuestMemoryMmap;
 use crate::virtio::{Activation, Interrupt, VirtioDevice};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -14,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 const MEM_SIZE: usize = 1 << 20;

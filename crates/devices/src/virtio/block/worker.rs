@@ -5,6 +5,7 @@ use super::disk::{DiskFile, SECTOR_SIZE};
 use super::request::{self, Request, RequestError, RequestKind, ID_BYTES, S_IOERR, S_OK, S_UNSUPP};
 use crate::virtio::event_loop::{DeviceEvents, EventLoopError, Flow};
 use crate::virtio::DevicePause;
+use crate::virtio::GuestMemoryMmap;
 use crate::virtio::{Interrupt, InterruptKind};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryBackend};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -190,15 +191,21 @@ impl RequestHandler {
             let slice = mem
                 .get_slice(seg.addr, seg.len as usize)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            if !write {
+                // The read lands in guest memory behind vm-memory's back: mark the pages
+                // for diff snapshots.
+                vm_memory::bitmap::Bitmap::mark_dirty(slice.bitmap(), 0, slice.len());
+            }
             iovs.push(libc::iovec {
                 iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                 iov_len: slice.len(),
             });
         }
-        let offset = req.sector * SECTOR_SIZE; // checked against capacity by the parser
-                                               // SAFETY: each iovec covers a range of guest memory that get_slice verified lies
-                                               // inside one mapped region of `mem`, which stays mapped while `mem` is borrowed.
-                                               // Guest memory may change under us; that only affects the bytes moved.
+        // Checked against the capacity by the parser.
+        let offset = req.sector * SECTOR_SIZE;
+        // SAFETY: each iovec covers a range of guest memory that get_slice verified lies
+        // inside one mapped region of `mem`, which stays mapped while `mem` is borrowed.
+        // Guest memory may change under us; that only affects the bytes moved.
         unsafe {
             if write {
                 self.disk.write_vectored_at(&mut iovs, offset)
@@ -262,7 +269,7 @@ pub fn run(
     let mut pending = true;
     loop {
         // While paused, notifications are remembered and served after resume.
-        let paused = events.paused();
+        let paused = events.paused_with(|| vec![queue.state()]);
         if pending && !broken && !paused {
             pending = false;
             match handler.process_queue(&mut queue, &mem) {

@@ -6,6 +6,7 @@
 //! gathered straight from guest memory into one `writev` to the tap.
 
 use super::tap::VNET_HDR_LEN;
+use crate::virtio::GuestMemoryMmap;
 use std::io;
 use std::mem::offset_of;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +15,7 @@ use thiserror::Error;
 use virtio_bindings::virtio_net::virtio_net_hdr_v1;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Where the header says how many buffers a merged frame spans.
 const NUM_BUFFERS_AT: usize = offset_of!(virtio_net_hdr_v1, num_buffers);
@@ -134,6 +135,11 @@ fn segments(mem: &GuestMemoryMmap, descs: &[Descriptor], writable: bool) -> Opti
 }
 
 impl<T: FrameIo> Engine<T> {
+    /// The receive and transmit queues' state, in queue order (for snapshots).
+    pub fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        vec![self.rx.state(), self.tx.state()]
+    }
+
     /// An engine on `io` with the receive and transmit queues the driver set up.
     pub fn new(io: T, rx: Queue, tx: Queue, mergeable: bool, counters: Arc<NetCounters>) -> Self {
         Self {

@@ -8,6 +8,7 @@ pub use engine::NetCounters;
 pub use tap::{Tap, TapError};
 
 use super::event_loop::{DeviceEvents, EventLoopError, Flow};
+use super::GuestMemoryMmap;
 use super::{
     read_config_bytes, u16_of, ActivateError, Activation, DevicePause, DeviceThread, Interrupt,
     VirtioDevice, F_EVENT_IDX, F_VERSION_1, TYPE_NET,
@@ -16,7 +17,6 @@ use engine::{Engine, RxState, TxState};
 use std::mem::offset_of;
 use std::sync::Arc;
 use virtio_bindings::virtio_net::{self, virtio_net_config};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -293,7 +293,7 @@ fn serve(
     loop {
         // Paused: leave the queues, guest memory and the tap alone; what was due is
         // done after resume (do_rx/do_tx stay set).
-        let paused = events.paused();
+        let paused = events.paused_with(|| engine.queue_states());
         if do_tx && !paused {
             do_tx = false;
             let (state, irq) = engine.process_tx(mem).map_err(|e| e.to_string())?;

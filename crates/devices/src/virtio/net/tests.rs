@@ -4,12 +4,13 @@
 use super::engine::{Engine, FrameIo, NetCounters, RxState, TxState, MAX_FRAME};
 use super::tap::VNET_HDR_LEN;
 use crate::virtio::test_ring::{leak_memory, Ring, NEXT, WRITE};
+use crate::virtio::GuestMemoryMmap;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 const MEM: usize = 4 << 20;
 const QSIZE: u16 = 16;
