@@ -20,7 +20,8 @@ import pytest
 from framework.api import call, expect_status, start_api_ember
 from framework.common import expect
 from framework.disk import MIB, sparse_file
-from framework.net import GUEST_IP, HOST_IP, netns, netns_exec, sh, tap
+from framework.net import GUEST_IP, HOST_IP, netns_exec, sh, tap
+from framework.net import netns as new_netns
 from framework.vm import READY, VmProcess, vm_config
 
 pytestmark = pytest.mark.emulated_flaky
@@ -74,7 +75,7 @@ def records(disk: Path, upto: int) -> list[str]:
 
 
 @pytest.mark.timeout(420)
-def test_snapshot_restore_continues_the_guest_and_bad_loads_are_refused(ctx):
+def test_snapshot_restore_continues_and_bad_loads_fail(ctx):
     disk = ctx.work / "data.img"
     sparse_file(disk, 16 * MIB)
     cfg = vm_config(ctx, vcpus=2, mode="run", extra_args=f'ember_cmd="{COUNTER}"')
@@ -147,7 +148,7 @@ def test_snapshot_restore_continues_the_guest_and_bad_loads_are_refused(ctx):
     # Only logger and metrics may precede a load; a second load is refused.
     expect_status(call(nsock, "PUT", "/snapshot/load", load_body(snap, mem)), 400,
                   "already been started")
-    other_vm, osock = start_api_ember(ctx, "configured")
+    other_vm, osock = start_api_ember(ctx, "cfgd")
     expect_status(call(osock, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 128}),
                   204)
     expect_status(call(osock, "PUT", "/snapshot/load", load_body(snap, mem)), 400,
@@ -208,7 +209,7 @@ def apply_diff(base: Path, diff: Path, out: Path) -> None:
 
 
 @pytest.mark.timeout(480)
-def test_snapshot_clones_share_memory_get_new_taps_and_a_diff_applies_on_its_base(ctx, netns):
+def test_snapshot_clones_new_taps_and_diff(ctx, netns):
     ns = netns
     tap(ns, "tap0", f"{HOST_IP}/24")
     guest = (f"(while :; do nc -l -p 5001 | sha256sum | sed 's/^/TCP-HASH /'; done) & "
@@ -241,7 +242,7 @@ def test_snapshot_clones_share_memory_get_new_taps_and_a_diff_applies_on_its_bas
 
     # The original's tap goes: the clones' taps take its address.
     sh("ip", "-n", ns, "link", "del", "tap0")
-    with netns("snap2") as ns2:
+    with new_netns("snap2") as ns2:
         tap(ns, "tap1", f"{HOST_IP}/24")
         tap(ns2, "tap2", f"{HOST_IP}/24")
         clones = []

@@ -22,9 +22,8 @@ use kvm_bindings::{
     KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS, KVM_DEV_ARM_VGIC_GRP_DIST_REGS,
     KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO, KVM_DEV_ARM_VGIC_GRP_REDIST_REGS,
     KVM_DEV_ARM_VGIC_LINE_LEVEL_INFO_SHIFT, KVM_DEV_ARM_VGIC_V3_MPIDR_SHIFT,
-    KVM_REG_ARM64_SYSREG_CRM_SHIFT, KVM_REG_ARM64_SYSREG_CRN_SHIFT,
-    KVM_REG_ARM64_SYSREG_OP0_SHIFT, KVM_REG_ARM64_SYSREG_OP1_SHIFT,
-    KVM_REG_ARM64_SYSREG_OP2_SHIFT, VGIC_LEVEL_INFO_LINE_LEVEL,
+    KVM_REG_ARM64_SYSREG_CRM_SHIFT, KVM_REG_ARM64_SYSREG_CRN_SHIFT, KVM_REG_ARM64_SYSREG_OP0_SHIFT,
+    KVM_REG_ARM64_SYSREG_OP1_SHIFT, KVM_REG_ARM64_SYSREG_OP2_SHIFT, VGIC_LEVEL_INFO_LINE_LEVEL,
 };
 use kvm_ioctls::DeviceFd;
 use serde::{Deserialize, Serialize};
@@ -188,7 +187,12 @@ impl Block {
 
     /// The SPI part of a set/clear pair (one bit per interrupt).
     const fn spi_pair(name: &'static str, set: u32, clear: u32) -> Block {
-        Block::pair(name, set + NR_PRIVATE / 8, clear + NR_PRIVATE / 8, GIC_NR_SPIS / 32)
+        Block::pair(
+            name,
+            set + NR_PRIVATE / 8,
+            clear + NR_PRIVATE / 8,
+            GIC_NR_SPIS / 32,
+        )
     }
 }
 
@@ -233,7 +237,12 @@ static V3_REDIST: &[Block] = &[
     Block::one("GICR_PROPBASER", 0x70, 2, Stage::Config),
     Block::one("GICR_PENDBASER", 0x78, 2, Stage::Config),
     Block::one("GICR_IGROUPR0", GICR_SGI + GICD_IGROUPR, 1, Stage::Config),
-    Block::one("GICR_IPRIORITYR", GICR_SGI + GICD_IPRIORITYR, 8, Stage::Config),
+    Block::one(
+        "GICR_IPRIORITYR",
+        GICR_SGI + GICD_IPRIORITYR,
+        8,
+        Stage::Config,
+    ),
     Block::one("GICR_ICFGR", GICR_SGI + GICD_ICFGR, 2, Stage::Config),
     Block::pair(
         "GICR_ISPENDR0",
@@ -796,7 +805,12 @@ mod tests {
         assert_eq!(mpidr_to_affinity(0x8000_0001), 1);
         assert_eq!(mpidr_to_affinity(0x0000_00ab_8012_3456), 0xab12_3456);
         assert_eq!(mpidr_to_affinity(0xffff_ff00_c000_0000), 0);
-        let f = Frame::v3(KVM_DEV_ARM_VGIC_GRP_REDIST_REGS, "redistributor", 1, 0x8000_0102);
+        let f = Frame::v3(
+            KVM_DEV_ARM_VGIC_GRP_REDIST_REGS,
+            "redistributor",
+            1,
+            0x8000_0102,
+        );
         assert_eq!(f.attr(0x1_0100), 0x0000_0102_0001_0100);
     }
 

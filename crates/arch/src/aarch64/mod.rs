@@ -3,6 +3,8 @@
 pub mod boot;
 pub mod fdt;
 pub mod gic;
+pub mod gic_state;
 pub mod layout;
 pub mod regs;
+pub mod state;
 pub mod vm;
