@@ -310,3 +310,59 @@ def test_agent_every_vmm_is_jailed_with_its_own_uid_and_cgroup(ctx, emberd):
            "the neighbour's VMM stopped answering")
     agent.ctl("terminate", b["id"])
     agent.wait_state(b["id"], "terminated")
+
+
+HIBERNATE_CMD = ("sleep 100000 & bg=$!; i=0; while :; do echo TICK $i $(cut -d' ' -f1 /proc/uptime) "
+                 "BG=$(cat /proc/$bg/comm); i=$((i+1)); sleep 0.5; done")
+
+
+def ticks(agent, iid: str) -> list[tuple[int, float, str]]:
+    out = agent.ctl("console", iid).stdout
+    return [(int(a), float(b), c) for a, b, c in
+            __import__("re").findall(r"TICK (\d+) ([\d.]+) BG=(\S*)", out)]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.arch("x86_64", reason="emberd registers the x86_64 vmlinux as its images' kernel; not yet run with aarch64 guests")
+def test_agent_hibernate_resumes_the_guest_across_an_agent_restart(ctx, emberd):
+    agent = emberd
+    image = register(agent, ctx, HIBERNATE_CMD)
+    iid = agent.ctl_json("run", "--image", image, "--type", "e1.micro")["instances"][0]["id"]
+    agent.wait_console(iid, "TICK 3 ")
+    agent.ctl("stop", "--hibernate", iid)
+    t_stop = time.monotonic()
+    stopped = agent.wait_state(iid, "stopped")
+    expect(stopped["reason"] == "hibernated", f"reason after stop --hibernate: {stopped['reason']}")
+    expect(stopped.get("hibernation_bytes", 0) > 0, f"no snapshot size reported: {stopped}")
+    before = ticks(agent, iid)[-1]
+    # The agent dies while the instance is hibernated; the new one resumes it.
+    agent.kill9()
+    agent.start()
+    time.sleep(2)
+    agent.ctl("start", iid)
+    running = agent.wait_state(iid, "running")
+    expect(running["reason"] == "resumed from hibernation", f"start: {running['reason']}")
+    wait_until(lambda: ticks(agent, iid)[-1][0] >= before[0] + 3, "the counter did not go on",
+               timeout=120)
+    after = [t for t in ticks(agent, iid) if t[0] > before[0]]
+    stopped_for = time.monotonic() - t_stop
+    expect(after[0][0] == before[0] + 1, f"the counter went from {before[0]} to {after[0][0]}")
+    expect(after[0][1] - before[1] < stopped_for,
+           f"uptime jumped from {before[1]} to {after[0][1]} over a {stopped_for:.0f} s stop")
+    expect(all(t[2] == "sleep" for t in after), f"the process started before is gone: {after[:3]}")
+    expect("hibernation_bytes" not in agent.instance(iid), "the used snapshot is still kept")
+    # A snapshot that cannot be loaded: the instance boots cold and says so.
+    agent.ctl("stop", "--hibernate", iid)
+    agent.wait_state(iid, "stopped")
+    snap = Path(agent.instance(iid)["dir"]) / "hibernation" / "vm.snap"
+    data = bytearray(snap.read_bytes())
+    data[len(data) // 2] ^= 0xff
+    snap.write_bytes(bytes(data))
+    agent.ctl("start", iid)
+    cold = agent.wait_state(iid, "running")
+    expect("booted cold" in cold["reason"] and "checksum" in cold["reason"],
+           f"reason after a bad snapshot: {cold['reason']}")
+    wait_until(lambda: agent.ctl("console", iid).stdout.count("TICK 0 ") >= 2,
+               "no cold boot after the bad snapshot", timeout=120)
+    agent.ctl("terminate", iid)
+    agent.wait_state(iid, "terminated")

@@ -62,6 +62,10 @@ pub struct StopRequest {
     /// Kill the VMM at once instead of asking the guest to shut down.
     #[serde(default)]
     pub force: bool,
+    /// Hibernate (EC2's): save the guest's memory and state, so `start` continues it
+    /// where it was instead of booting it.
+    #[serde(default)]
+    pub hibernate: bool,
 }
 
 /// A registered image.
@@ -162,6 +166,9 @@ pub struct InstanceView {
     /// Its volumes, root first.
     #[serde(default)]
     pub volumes: Vec<Volume>,
+    /// Disk space of a hibernated instance's snapshot (state and memory files), bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hibernation_bytes: Option<u64>,
     /// Its VMM's API socket.
     pub api_socket: String,
 }
@@ -298,6 +305,7 @@ mod tests {
             memory_mib: Some(128),
             volumes: vec![],
             api_socket: "/run/x.sock".into(),
+            hibernation_bytes: None,
         };
         let j = serde_json::to_value(&v).unwrap();
         assert_eq!(j["state"], "shutting-down");

@@ -137,6 +137,9 @@ fn view(instance: Instance, a: &Agent) -> InstanceView {
         vcpus: t.as_ref().map(|t| t.vcpus),
         memory_mib: t.as_ref().map(|t| t.memory_mib),
         volumes: a.db(|c| db::volumes(c, &instance.id)).unwrap_or_default(),
+        hibernation_bytes: crate::instances::hibernate::disk_bytes(std::path::Path::new(
+            &instance.dir,
+        )),
         api_socket: a.api_socket(&instance.id).display().to_string(),
         instance,
     }
@@ -175,7 +178,12 @@ async fn describe_instance(State(a): AgentRef, Path(id): Path<String>) -> Answer
 /// Stop answers at once, `stopping` (see `instances::verbs`).
 async fn stop(State(a): AgentRef, Path(id): Path<String>, body: Bytes) -> Answer<InstanceView> {
     let b: StopRequest = parse_body(&body)?;
-    Ok(Json(view(a.stop(&id, b.force).await?, &a)))
+    let inst = if b.hibernate {
+        a.hibernate(&id).await?
+    } else {
+        a.stop(&id, b.force).await?
+    };
+    Ok(Json(view(inst, &a)))
 }
 
 async fn start(State(a): AgentRef, Path(id): Path<String>) -> Answer<InstanceView> {

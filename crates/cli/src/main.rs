@@ -80,6 +80,9 @@ enum Cmd {
         id: String,
         #[arg(long)]
         force: bool,
+        /// Hibernate: save the guest's memory, so `start` continues it where it was.
+        #[arg(long, conflicts_with = "force")]
+        hibernate: bool,
         /// Do not wait for `stopped`.
         #[arg(long)]
         no_wait: bool,
@@ -463,8 +466,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
             }
         }
-        Cmd::Stop { id, force, no_wait } => {
-            let body = StopRequest { force };
+        Cmd::Stop {
+            id,
+            force,
+            hibernate,
+            no_wait,
+        } => {
+            let body = StopRequest { force, hibernate };
             let answer = d.post(&format!("/v1/instances/{id}/stop"), Some(&body))?;
             verb(&id, answer, wait_unless(no_wait, Goal::Stopped))?
         }

@@ -349,6 +349,11 @@ impl Client {
         self.call(Method::PUT, path, Some(body)).await.map(drop)
     }
 
+    /// `PATCH path` with `body`; the answer's body is not read (ember answers 204).
+    pub async fn patch<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<(), Error> {
+        self.call(Method::PATCH, path, Some(body)).await.map(drop)
+    }
+
     /// `POST path` with `body` (none: an empty body), its answer read as `T`.
     pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,

@@ -414,13 +414,6 @@ pub fn build_with(
         .cloned()
         .zip(device_pauses.iter().cloned())
         .collect();
-    if let Some(state) = restore {
-        restore_virtio(
-            state,
-            &transports,
-            matches!(start, Start::Restore { resume: false, .. }),
-        )?;
-    }
 
     // The platform's own devices, on the bus and at the lines the architecture gives them.
     let mut pio = Bus::new();
@@ -520,6 +513,13 @@ pub fn build_with(
     if let Some(state) = restore {
         // After every vCPU: aarch64's redistributors belong to them.
         vm.restore_state(&irqchip, &state.vcpus, &state.vm)?;
+        // The devices last: a load that fails before here has started no device thread,
+        // so the process is as it was and can be configured or loaded again.
+        restore_virtio(
+            state,
+            &transports,
+            matches!(start, Start::Restore { resume: false, .. }),
+        )?;
     }
     if let (Some(hook), Some(boot_vcpu)) = (opts.on_first_run.take(), vcpus.first_mut()) {
         boot_vcpu.on_first_run(hook);

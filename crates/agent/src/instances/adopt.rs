@@ -81,7 +81,7 @@ impl Agent {
         // What the previous agent was doing when it went, it finishes now: its own
         // background task ended with it.
         match intent {
-            Intent::Stop => self.spawn_shut_down(&inst.id, Intent::Stop, false),
+            Intent::Stop | Intent::Hibernate => self.spawn_shut_down(&inst.id, intent, false),
             Intent::Terminate => self.spawn_shut_down(&inst.id, Intent::Terminate, true),
             Intent::Run | Intent::Reboot => {}
         }

@@ -4,7 +4,7 @@
 //! then `InstanceStart`.
 
 use super::supervise::{Intent, Proc};
-use super::{jail, Agent, AgentError};
+use super::{hibernate, jail, Agent, AgentError};
 use crate::db::{self, Image, Instance, Volume};
 use crate::host;
 use crate::types::{self, InstanceType};
@@ -286,11 +286,16 @@ impl Agent {
         // What an earlier VMM of this instance left (if the host went down with it), then
         // the new jail's root with the instance's files, before any VMM runs in it.
         let mut setup = VmmSetup::new(&inst, &image, &itype, &vols, &dir, self.gateway());
+        // A hibernated instance's snapshot goes into the jail too.
+        let kept = hibernate::saved(&dir);
         setup = {
             let jail = jail.clone();
+            let kept = kept.clone();
             tokio::task::spawn_blocking(move || {
                 jail.clear();
-                jail.prepare(&mut setup).map(|()| setup)
+                jail.prepare(&mut setup)?;
+                hibernate::furnish(&jail.root, jail.uid, kept.as_ref())?;
+                Ok::<_, LaunchError>(setup)
             })
             .await??
         };
@@ -375,9 +380,28 @@ impl Agent {
                 _ => LaunchError::NeverAnswered,
             });
         }
-        if let Err(e) = setup.apply(&self.vmm(id, CONFIGURE_TIMEOUT)).await {
-            self.kill(id);
-            return Err(e);
+        let mut reason = "user request".to_string();
+        let mut resumed = false;
+        if kept.is_some() {
+            // Used or not, the snapshot is spent: the guest's disks move on from here.
+            let loaded = self.resume_hibernated(id, &setup, &inst.tap).await;
+            hibernate::discard(&dir);
+            match loaded {
+                Ok(()) => {
+                    resumed = true;
+                    reason = "resumed from hibernation".into();
+                }
+                Err(e) => {
+                    log::warn!("{id}: its hibernation snapshot could not be loaded: {e}");
+                    reason = format!("hibernation snapshot could not be loaded ({e}); booted cold");
+                }
+            }
+        }
+        if !resumed {
+            if let Err(e) = setup.apply(&self.vmm(id, CONFIGURE_TIMEOUT)).await {
+                self.kill(id);
+                return Err(e);
+            }
         }
         if self
             .procs()
@@ -388,14 +412,24 @@ impl Agent {
             // and its background task ends the VMM.
             return Ok(());
         }
-        self.transition(
-            id,
-            InstanceState::Running,
-            "user request",
-            Some((pid, start)),
-        )?;
-        log::info!("{id}: running");
+        self.transition(id, InstanceState::Running, &reason, Some((pid, start)))?;
+        log::info!("{id}: running ({reason})");
         Ok(())
+    }
+
+    /// Loads the hibernation snapshot linked into the jail, its metrics file first (the
+    /// only configuration a load may follow). A failed load leaves ember unconfigured: the
+    /// caller boots the same VMM cold.
+    async fn resume_hibernated(
+        &self,
+        id: &str,
+        setup: &VmmSetup,
+        tap: &str,
+    ) -> Result<(), uds_client::Error> {
+        let vmm = self.vmm(id, Duration::from_secs(120));
+        vmm.put("/metrics", &setup.metrics).await?;
+        vmm.put("/snapshot/load", &hibernate::load_request(tap))
+            .await
     }
 }
 

@@ -19,6 +19,7 @@ pub mod adopt;
 pub mod capacity;
 pub mod create;
 pub mod error;
+pub mod hibernate;
 pub mod images;
 pub mod jail;
 pub mod launch;

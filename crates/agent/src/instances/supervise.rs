@@ -20,6 +20,8 @@ pub enum Intent {
     Run,
     /// Reboot: the exit starts a new VMM on the same volumes.
     Reboot,
+    /// Hibernate: the guest was saved; the exit makes it `stopped` (`hibernated`).
+    Hibernate,
     /// Stop: the exit makes it `stopped` (`user request`).
     Stop,
     /// Terminate: the exit makes it `terminated`, its directory removed.
@@ -84,6 +86,7 @@ impl Agent {
                 r
             }
             Intent::Stop => self.transition(id, InstanceState::Stopped, "user request", None),
+            Intent::Hibernate => self.transition(id, InstanceState::Stopped, "hibernated", None),
             Intent::Reboot => {
                 self.sample(id);
                 self.spawn_launch(id, "reboot failed");
@@ -115,13 +118,27 @@ impl Agent {
     /// the guest, then a kill (`force`: the kill at once). Returns once the exit is
     /// recorded (or the VMM could not be reaped).
     pub(super) async fn shut_down(self: &Arc<Self>, id: &str, intent: Intent, force: bool) {
+        if intent == Intent::Hibernate {
+            match self.save_for_hibernation(id).await {
+                Ok(()) => {
+                    // Saved: the VMM is only killed, the guest never learns of it.
+                    self.kill_and_reap(id).await;
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("{id}: hibernation failed ({e}); stopping instead");
+                    self.discard_hibernation(id);
+                    return Box::pin(self.shut_down(id, Intent::Stop, force)).await;
+                }
+            }
+        }
         let Some((pid, mut rx)) = self.intend(id, intent) else {
             // No VMM: it died, a launch never got one, or an earlier request already ended
             // it. Record the end only if the instance still waits for one; a reboot has
             // nothing to do (its relaunch, if any, is under way: a second would start two
             // VMMs on one tap and one set of volumes).
             let waiting = match intent {
-                Intent::Stop => Some(InstanceState::Stopping),
+                Intent::Stop | Intent::Hibernate => Some(InstanceState::Stopping),
                 Intent::Terminate => Some(InstanceState::ShuttingDown),
                 Intent::Reboot | Intent::Run => None,
             };
@@ -153,6 +170,26 @@ impl Agent {
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         if !Self::wait_exit(&mut rx, REAP_TIMEOUT).await {
             log::error!("{id}: its VMM (pid {pid}) was not reaped within {REAP_TIMEOUT:?}");
+        }
+    }
+
+    /// Kills instance `id`'s VMM (a hibernated guest is saved already) and waits until
+    /// its exit is recorded.
+    async fn kill_and_reap(self: &Arc<Self>, id: &str) {
+        let Some((pid, mut rx)) = self.intend(id, Intent::Hibernate) else {
+            return;
+        };
+        // SAFETY: kill has no memory-safety preconditions; the pid is the instance's VMM.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        self.jail_of_id(id);
+        if !Self::wait_exit(&mut rx, REAP_TIMEOUT).await {
+            log::error!("{id}: its VMM (pid {pid}) was not reaped within {REAP_TIMEOUT:?}");
+        }
+    }
+
+    fn jail_of_id(&self, id: &str) {
+        if let Ok(inst) = self.instance(id) {
+            self.jail_of(&inst).kill_all();
         }
     }
 

@@ -1,4 +1,4 @@
-//! aarch64: memory map, GIC, device tree, boot registers and kernel loading.
+//! aarch64: memory map, GIC, device tree, boot registers, kernel loading and snapshot state.
 
 pub mod boot;
 pub mod fdt;

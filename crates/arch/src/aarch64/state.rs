@@ -1,12 +1,13 @@
 //! What a snapshot holds of an aarch64 VM beyond memory and devices: every register KVM
 //! lists for each vCPU (core, FP/SIMD, system, timer and firmware registers) with its
-//! power state, and the GIC (`gic_state`).
+//! power state, and the GIC (the saved form is here, the register tables and the order of
+//! the accesses in `gic_state`).
 //!
 //! Saving runs while the VM is paused: each vCPU on its own thread, then the GIC on the
 //! VMM thread (KVM refuses GIC access while a vCPU is inside an ioctl). Restoring replaces
 //! the boot-time setup of freshly created vCPUs, then fills the freshly created GIC.
 
-use super::gic_state::{self, GicState};
+use super::gic_state;
 use super::vm::IrqChip;
 use kvm_bindings::{
     kvm_mp_state, kvm_regs, kvm_vcpu_init, user_fpsimd_state, user_pt_regs, RegList,
@@ -109,6 +110,85 @@ impl VcpuState {
 pub struct VmState {
     /// The GIC's registers, by version.
     pub gic: GicState,
+}
+
+/// A run of consecutive 32-bit registers, as saved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegBlock {
+    /// Offset of the first register in its frame.
+    pub offset: u32,
+    /// The registers, in address order.
+    pub values: Vec<u32>,
+}
+
+/// A GICv3 CPU interface: its ICC_*_EL1 system registers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IccRegs {
+    /// SRE, CTLR, PMR, BPR0, BPR1, IGRPEN0, IGRPEN1, in that order.
+    pub main: Vec<u64>,
+    /// AP0R0.., as many as CTLR's priority bits imply.
+    pub ap0r: Vec<u64>,
+    /// AP1R0.., as many as AP0R.
+    pub ap1r: Vec<u64>,
+}
+
+/// One vCPU's part of a GICv3.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedistState {
+    /// Its redistributor (RD_base and SGI_base frames).
+    pub regs: Vec<RegBlock>,
+    /// Input level of its level-sensitive SGIs/PPIs (bit n: INTID n).
+    pub line_levels: u32,
+    /// Its CPU interface.
+    pub icc: IccRegs,
+}
+
+/// A GICv3.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GicV3State {
+    /// Distributor registers: GICD_IIDR, GICD_CTLR and the SPIs' parts of the rest.
+    pub dist: Vec<RegBlock>,
+    /// Input level of the level-sensitive SPIs, 32 per word from INTID 32.
+    pub spi_line_levels: Vec<u32>,
+    /// Per vCPU, in vCPU order.
+    pub redists: Vec<RedistState>,
+}
+
+/// One vCPU's part of a GICv2.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GicV2CpuState {
+    /// The distributor registers banked for this CPU (its SGIs and PPIs).
+    pub banked: Vec<RegBlock>,
+    /// Its CPU interface (GICC_*).
+    pub cpu_interface: Vec<RegBlock>,
+}
+
+/// A GICv2.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GicV2State {
+    /// Distributor registers: GICD_IIDR, GICD_CTLR and the SPIs' parts of the rest.
+    pub dist: Vec<RegBlock>,
+    /// Per vCPU, in vCPU order (the GICv2 CPU number is the vCPU index).
+    pub cpus: Vec<GicV2CpuState>,
+}
+
+/// The GIC, by version: its state only restores into a GIC of the same version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GicState {
+    /// A GICv3.
+    V3(GicV3State),
+    /// A GICv2.
+    V2(GicV2State),
+}
+
+impl GicState {
+    /// 3 or 2.
+    pub fn version(&self) -> u8 {
+        match self {
+            GicState::V3(_) => 3,
+            GicState::V2(_) => 2,
+        }
+    }
 }
 
 /// The features `regs::setup_vcpu` initialises every vCPU with, POWER_OFF aside. KVM cannot
