@@ -35,10 +35,15 @@ fuzz_target!(|data: &[u8]| {
                 match route(req) {
                     ParsedRequest::Answer(r) => check(&r),
                     // These open files named by the input: not for a fuzzer.
-                    ParsedRequest::Vmm(Request::PutMetrics(_) | Request::PutLogger(_)) => {}
+                    ParsedRequest::Vmm(
+                        Request::PutMetrics(_)
+                        | Request::PutLogger(_)
+                        | Request::LoadSnapshot(_)
+                        | Request::CreateSnapshot(_),
+                    ) => {}
                     ParsedRequest::Vmm(a) => match ctl.handle(a) {
                         Handled::Answer(o) => check(&to_response(o)),
-                        Handled::Start(_) => {}
+                        Handled::Start(_) | Handled::Restore(_) => {}
                     },
                 }
             }

@@ -5,12 +5,13 @@
 
 use devices::virtio::block::disk::{CacheType, DiskFile};
 use devices::virtio::block::worker::{BlockCounters, RequestHandler};
+use devices::virtio::GuestMemoryMmap;
 use libfuzzer_sys::fuzz_target;
 use std::fs::File;
 use std::os::unix::io::FromRawFd;
 use std::sync::{Arc, OnceLock};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 const MEM_SIZE: usize = 64 << 10;
 const DISK_SIZE: u64 = 64 << 10;
@@ -36,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&flags, image)) = data.split_first() else {
         return;
     };
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let n = image.len().min(MEM_SIZE);
     mem.write_slice(&image[..n], GuestAddress(0)).unwrap();
 

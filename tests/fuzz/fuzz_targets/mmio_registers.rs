@@ -7,11 +7,12 @@
 
 use devices::bus::BusDevice;
 use devices::virtio::mmio::MmioTransport;
+use devices::virtio::GuestMemoryMmap;
 use devices::virtio::{ActivateError, Activation, Interrupt, VirtioDevice};
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, Mutex};
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 const MEM_SIZE: usize = 64 << 10;
@@ -74,7 +75,7 @@ impl VirtioDevice for Device {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
+    let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
     let record = Arc::new(Mutex::new(Record::default()));
     let dev = Device {
         record: record.clone(),

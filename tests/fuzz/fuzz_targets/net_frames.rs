@@ -5,13 +5,14 @@
 #![no_main]
 
 use devices::virtio::net::engine::{Engine, FrameIo, NetCounters};
+use devices::virtio::GuestMemoryMmap;
 use libfuzzer_sys::fuzz_target;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 const MEM_SIZE: usize = 64 << 10;
 const QSIZE: u16 = 16;
@@ -68,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
     let flags = data[0];
     let frame_len = (usize::from(data[1]) << 8 | usize::from(data[2])).min(data.len() - 3);
     let (frame, image) = data[3..].split_at(frame_len);
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let n = image.len().min(MEM_SIZE);
     mem.write_slice(&image[..n], GuestAddress(0)).unwrap();
     let region = mem.iter().next().unwrap();

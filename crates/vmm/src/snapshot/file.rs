@@ -145,10 +145,23 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// Reads and decodes the snapshot at `path`.
+/// Reads and decodes the snapshot at `path`: a regular file no larger than a state can
+/// be (a device or a huge file is refused before anything is read).
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, FileError> {
+    use std::io::Read;
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| FileError::Io(shown.clone(), e))?;
+    let io = |e| FileError::Io(shown.clone(), e);
+    let f = std::fs::File::open(path).map_err(io)?;
+    let meta = f.metadata().map_err(io)?;
+    let limit = MAX_STATE + (HEADER + CRC_LEN) as u64;
+    if !meta.is_file() || meta.len() > limit {
+        return Err(FileError::Io(
+            shown.clone(),
+            std::io::Error::other(format!("not a regular file of at most {limit} bytes")),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    f.take(limit).read_to_end(&mut bytes).map_err(io)?;
     decode(&shown, &bytes)
 }
 
