@@ -43,7 +43,7 @@ for run in "${runs[@]}"; do
   [ "$guests" = aarch64 ] && args+=(--timeout 1200)
   if [ "${variant:-}" = gicv2 ]; then
     export EMBER_EMUHOST_GIC=2
-    args=(--arch aarch64 --timeout 600 --cases gic_is_the_one_the_host_offers,boot_two_vcpus,net_ping_both_ways,block_64mib_guest_write_matches_host_file)
+    args=(--arch aarch64 --timeout 600 --cases gic_is_the_one_the_host_offers,boot_two_vcpus,net_ping_both_ways,block_64mib_guest_write_matches_host_file,snapshot_restore_continues_and_bad_loads_fail)
   else
     unset EMBER_EMUHOST_GIC
   fi

@@ -75,7 +75,6 @@ def records(disk: Path, upto: int) -> list[str]:
 
 
 @pytest.mark.timeout(420)
-@pytest.mark.arch("x86_64", reason="aarch64: snapshots are refused until a restored guest runs (issue 18)")
 def test_snapshot_restore_continues_and_bad_loads_fail(ctx):
     disk = ctx.work / "data.img"
     sparse_file(disk, 16 * MIB)
@@ -210,7 +209,6 @@ def apply_diff(base: Path, diff: Path, out: Path) -> None:
 
 
 @pytest.mark.timeout(480)
-@pytest.mark.arch("x86_64", reason="aarch64: snapshots are refused until a restored guest runs (issue 18)")
 def test_snapshot_clones_new_taps_and_diff(ctx, netns):
     ns = netns
     tap(ns, "tap0", f"{HOST_IP}/24")
@@ -277,13 +275,3 @@ def test_snapshot_clones_new_taps_and_diff(ctx, netns):
         for c, _, _ in clones:
             c.kill()
 
-
-@pytest.mark.timeout(120)
-@pytest.mark.arch("aarch64", reason="the refusal is aarch64's")
-def test_snapshot_requests_are_refused_on_aarch64_with_the_reason(ctx):
-    vm, sock = start_api_ember(ctx, "refuse")
-    for path, body in [("/snapshot/create", {"snapshot_path": "/s", "mem_file_path": "/m"}),
-                       ("/snapshot/load", load_body(Path("/s"), Path("/m")))]:
-        expect_status(call(sock, "PUT", path, body), 400, "not offered on aarch64")
-    expect(call(sock, "GET", "/")[0] == 200, "the API stopped answering")
-    vm.kill()

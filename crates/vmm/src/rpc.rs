@@ -241,7 +241,6 @@ impl Controller {
             Request::GetVmConfig => done(Answer::VmConfig(Box::new(self.config.clone()))),
             Request::GetMachineConfig => done(Answer::MachineConfig(self.config.machine())),
             Request::CreateSnapshot(p) => {
-                arch::state::SNAPSHOTS.map_err(|e| RequestError::Unsupported(e.into()))?;
                 p.validate()
                     .map_err(|e| RequestError::Invalid(e.to_string()))?;
                 let rt = self.running("snapshot/create: the guest has not been started")?;
@@ -263,7 +262,6 @@ impl Controller {
                 done(Answer::Empty)
             }
             Request::LoadSnapshot(p) => {
-                arch::state::SNAPSHOTS.map_err(|e| RequestError::Unsupported(e.into()))?;
                 if self.state != InstanceState::NotStarted {
                     return Err(RequestError::Invalid(
                         "snapshot/load: the guest has already been started; load into a new ember"

@@ -590,9 +590,11 @@ fn restore_v3(fd: &DeviceFd, mpidrs: &[u64], s: &GicV3State) -> Result<(), State
     for (intid, &v) in spi_level_intids().zip(&s.spi_line_levels) {
         spi_levels.set(fd, "SPIs", level(intid), v)?;
     }
-    for (r, [_, _, levels]) in s.redists.iter().zip(&frames) {
-        levels.set(fd, "private interrupts", level(0), r.line_levels)?;
-    }
+    // The private interrupts' line levels are not written back: they are KVM's own (the
+    // timers', the PMU's), which it recomputes when the vCPU next runs, and it injects
+    // only on a change of level. A level restored from userspace makes that change
+    // invisible: the restored guest's expired timer then never interrupts it (seen in the
+    // emulated host: a guest idle forever at its saved PC, CNTV_CTL.ISTATUS set).
     all_blocks(Stage::State)?;
     all_blocks(Stage::Control)?;
     for (r, [_, cpu, _]) in s.redists.iter().zip(&frames) {

@@ -22,12 +22,6 @@ use std::mem::offset_of;
 use std::os::fd::AsRawFd;
 use thiserror::Error;
 
-/// Whether this architecture's snapshots are offered. Not yet: in the emulated aarch64 host
-/// a restored guest stays silent (its vCPUs run, nothing reaches the console), so both
-/// requests are refused until the cause is found.
-pub const SNAPSHOTS: Result<(), &str> =
-    Err("snapshots are not offered on aarch64 yet: a restored guest does not run correctly");
-
 /// Errors saving or restoring architecture state.
 #[derive(Debug, Error)]
 pub enum StateError {

@@ -15,9 +15,6 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Whether this architecture's snapshots are offered (x86_64: yes).
-pub const SNAPSHOTS: Result<(), &str> = Ok(());
-
 /// Errors saving or restoring architecture state.
 #[derive(Debug, Error)]
 pub enum StateError {
