@@ -274,7 +274,13 @@ def test_agent_every_vmm_is_jailed_with_its_own_uid_and_cgroup(ctx, emberd):
                f"{iid}: the jail's rootfs.img is not its volume")
         names = sorted(os.listdir(root))
         expect(set(names) <= {"dev", "ember", "run", "kernel", "initrd", "rootfs.img",
-                              "user_data.img", "metrics.jsonl"}, f"{iid}: jail holds {names}")
+                              "user_data.img", "metrics.jsonl", "hibernate"},
+               f"{iid}: jail holds {names}")
+        # Where a hibernation snapshot is written: the VMM user's alone, and empty.
+        hib = (root / "hibernate").stat()
+        expect(hib.st_uid == uid and hib.st_mode & 0o777 == 0o700
+               and not os.listdir(root / "hibernate"),
+               f"{iid}: hibernate/ is {hib.st_uid}:{hib.st_mode & 0o777:o}")
     expect(len(set(uids.values())) == 2, f"both VMMs run as one uid: {uids}")
     # One VMM's user cannot open the other's volume.
     r = subprocess.run(["setpriv", f"--reuid={uids[a['id']]}", f"--regid={uids[a['id']]}",
