@@ -142,6 +142,12 @@ def test_snapshot_restore_continues_and_bad_loads_fail(ctx):
     new.wait_for(rf"COUNT {n + 5}\b", timeout=120)
     code, info = call(nsock, "GET", "/")
     expect(info["state"] == "Running", f"after load: {info}")
+    # Writing over the file its memory is mapped from would corrupt the running guest.
+    expect_status(call(nsock, "PATCH", "/vm", {"state": "Paused"}), 204)
+    expect_status(call(nsock, "PUT", "/snapshot/create", {
+        "snapshot_path": str(ctx.work / "again.snap"), "mem_file_path": str(mem)}), 400,
+        "mapped from")
+    expect_status(call(nsock, "PATCH", "/vm", {"state": "Resumed"}), 204)
     code, vmcfg = call(nsock, "GET", "/vm/config")
     expect(vmcfg["machine-config"]["vcpu_count"] == 2 and vmcfg["drives"][0]["drive_id"] == "data",
            f"GET /vm/config after load: {vmcfg}")

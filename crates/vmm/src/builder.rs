@@ -220,6 +220,8 @@ pub struct Runtime {
     pub irqchip: Arc<arch::vm::IrqChip>,
     /// Guest memory.
     pub mem: GuestMemory,
+    /// The memory file guest RAM is mapped from (a restored VM): `(device, inode)`.
+    pub mem_file: Option<(u64, u64)>,
     /// Every virtio transport with its device's pause switch, in attachment order.
     pub transports: Vec<(Arc<Mutex<MmioTransport>>, Arc<DevicePause>)>,
     /// The UART.
@@ -543,6 +545,13 @@ pub fn build_with(
             vm: Arc::new(vm),
             irqchip: Arc::new(irqchip),
             mem: guest_mem,
+            mem_file: match &start {
+                Start::Restore { mem, .. } => {
+                    use std::os::unix::fs::MetadataExt;
+                    mem.metadata().ok().map(|m| (m.dev(), m.ino()))
+                }
+                Start::Boot => None,
+            },
             transports,
             serial,
             rtc,

@@ -92,6 +92,7 @@ pub fn create(
     params: &SnapshotCreateParams,
 ) -> Result<Written, SnapshotError> {
     let diff = params.snapshot_type == SnapshotType::Diff;
+    refuse_mapped_file(rt, &params.mem_file_path)?;
     if diff && !rt.vm.tracks_dirty_pages() {
         return Err(SnapshotError::NoDirtyLog);
     }
@@ -153,6 +154,22 @@ pub fn create(
         memory_bytes,
         state_bytes: bytes.len(),
     })
+}
+
+/// Writing into the file guest RAM is mapped from would change the memory of this guest
+/// (truncating it: SIGBUS on its next touch of a page it has not written) and of every
+/// clone mapping it. Refused before anything is saved.
+fn refuse_mapped_file(rt: &Runtime, path: &str) -> Result<(), SnapshotError> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(mapped) = rt.mem_file else {
+        return Ok(());
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if (m.dev(), m.ino()) == mapped => Err(SnapshotError::Invalid(format!(
+            "mem_file_path {path} is the file this VM's memory is mapped from: write the snapshot to another file"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Per memory region, the pages written since the last call: KVM's dirty log (the
