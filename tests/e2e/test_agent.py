@@ -359,7 +359,8 @@ def test_agent_hibernate_resumes_the_guest_across_an_agent_restart(ctx, emberd):
     expect("hibernation_bytes" not in agent.instance(iid), "the used snapshot is still kept")
     # A snapshot that cannot be loaded: the instance boots cold and says so.
     agent.ctl("stop", "--hibernate", iid)
-    agent.wait_state(iid, "stopped")
+    again = agent.wait_state(iid, "stopped")
+    expect(again["reason"] == "hibernated", f"a resumed instance's hibernation: {again['reason']}")
     snap = Path(agent.instance(iid)["dir"]) / "hibernation" / "vm.snap"
     data = bytearray(snap.read_bytes())
     data[len(data) // 2] ^= 0xff

@@ -60,6 +60,16 @@ pub fn disk_bytes(dir: &Path) -> Option<u64> {
     Some(used(&state) + used(&mem))
 }
 
+/// Removes the loaded snapshot's links from the jail whose root is `root`. The VMM keeps
+/// what it needs (its memory stays mapped from the file), and a later hibernation then
+/// writes new files: ember refuses to write over the file its memory is mapped from.
+pub fn unlink_loaded(root: &Path) {
+    // The directory is the VMM user's; unlinking does not follow a link it put there.
+    for name in [STATE, MEMORY] {
+        let _ = std::fs::remove_file(root.join(IN_JAIL).join(name));
+    }
+}
+
 /// Removes the kept snapshot of the instance in `dir`.
 pub fn discard(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir.join(KEPT));

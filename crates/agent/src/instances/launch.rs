@@ -386,6 +386,7 @@ impl Agent {
             // Used or not, the snapshot is spent: the guest's disks move on from here.
             let loaded = self.resume_hibernated(id, &setup, &inst.tap).await;
             hibernate::discard(&dir);
+            hibernate::unlink_loaded(&jail.root);
             match loaded {
                 Ok(()) => {
                     resumed = true;
