@@ -122,7 +122,9 @@ impl Agent {
             match self.save_for_hibernation(id).await {
                 Ok(()) => {
                     // Saved: the VMM is only killed, the guest never learns of it.
-                    self.kill_and_reap(id).await;
+                    if let Some((pid, mut rx)) = self.intend(id, intent) {
+                        self.kill_and_reap(id, pid, &mut rx).await;
+                    }
                     return;
                 }
                 Err(e) => {
@@ -166,30 +168,15 @@ impl Agent {
         }
         // Its counters up to now, before it goes without a last line.
         self.flush_metrics(id).await;
-        // SAFETY: kill has no memory-safety preconditions; the pid is the instance's VMM.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        if !Self::wait_exit(&mut rx, REAP_TIMEOUT).await {
-            log::error!("{id}: its VMM (pid {pid}) was not reaped within {REAP_TIMEOUT:?}");
-        }
+        self.kill_and_reap(id, pid, &mut rx).await;
     }
 
-    /// Kills instance `id`'s VMM (a hibernated guest is saved already) and waits until
-    /// its exit is recorded.
-    async fn kill_and_reap(self: &Arc<Self>, id: &str) {
-        let Some((pid, mut rx)) = self.intend(id, Intent::Hibernate) else {
-            return;
-        };
-        // SAFETY: kill has no memory-safety preconditions; the pid is the instance's VMM.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        self.jail_of_id(id);
-        if !Self::wait_exit(&mut rx, REAP_TIMEOUT).await {
+    /// Kills instance `id`'s VMM `pid` (and its cgroup: [`Agent::kill`]) and waits until
+    /// its exit is recorded (`rx`).
+    async fn kill_and_reap(&self, id: &str, pid: i64, rx: &mut watch::Receiver<bool>) {
+        self.kill(id);
+        if !Self::wait_exit(rx, REAP_TIMEOUT).await {
             log::error!("{id}: its VMM (pid {pid}) was not reaped within {REAP_TIMEOUT:?}");
-        }
-    }
-
-    fn jail_of_id(&self, id: &str) {
-        if let Ok(inst) = self.instance(id) {
-            self.jail_of(&inst).kill_all();
         }
     }
 
