@@ -11,7 +11,7 @@ import pytest
 from framework.common import EmulatedHostFault, expect
 from framework.net import GUEST_IP, HOST_IP, netns_exec, sh, tap
 from framework.vm import (HEARTBEAT, READY, heartbeat_stopped, run_ember_expecting_error,
-                          start_ember, vm_config)
+                          start_ember, vm_config, wait_or_stall)
 
 pytestmark = pytest.mark.emulated_flaky
 
@@ -28,15 +28,25 @@ def net_vm(ctx, ns: str, tap_name: str, guest_ip: str, host_ip: str, cmd: str,
 def test_net_ping_both_ways(ctx, netns):
     ns = netns
     tap(ns, "tap0", f"{HOST_IP}/24")
+    # The heartbeat tells a network or console bug (it goes on) from the emulated host's
+    # stall (the guest stops taking interrupts: its console stops too, seen once right after
+    # the guest's ping had finished). Waits are longer than the heartbeat's 60 s of silence.
     vm = net_vm(ctx, ns, "tap0", GUEST_IP, HOST_IP,
-                f"ping -c 3 -W 5 {HOST_IP} && echo GUEST-PING-OK; cat /sys/class/net/eth0/address; sleep 30",
+                f"{HEARTBEAT}ping -c 3 -W 5 {HOST_IP} && echo GUEST-PING-OK; "
+                "cat /sys/class/net/eth0/address; sleep 120",
                 name="ping")
     vm.wait_for(READY, timeout=300)
-    vm.wait_for("GUEST-PING-OK", timeout=60)
-    vm.wait_for("06:00:ac:1e:00:02", timeout=10)
+    wait_or_stall(ctx, vm, "GUEST-PING-OK", timeout=90)
+    wait_or_stall(ctx, vm, "06:00:ac:1e:00:02", timeout=90)
     # busybox: the host needs no iputils.
     r = sh("ip", "netns", "exec", ns, "busybox", "ping", "-c", "3", "-W", "5", GUEST_IP, check=False)
-    expect(r.returncode == 0, f"host could not ping the guest: {r.stdout}{r.stderr}")
+    if r.returncode != 0:
+        why = f"host could not ping the guest: {r.stdout}{r.stderr}\n{vm.tail()}"
+        silent = heartbeat_stopped(vm, silent_s=15) if ctx.emulated else None
+        if silent is not None:
+            raise EmulatedHostFault(f"{why}\nthe guest's console heartbeat stopped too "
+                                    f"({silent:.0f} s without one)")
+        raise AssertionError(why)
     vm.kill()
 
 
