@@ -7,7 +7,7 @@ what=${1:-all}
 pkgs=()
 case "$what" in
   kernel) pkgs+=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils
-                  gcc-aarch64-linux-gnu) ;;
+                  gcc-aarch64-linux-gnu libc6-dev-arm64-cross) ;;   # the cross libc: static guest tools
   cross) pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static) ;;
   images) pkgs+=(busybox-static e2fsprogs cpio) ;;
   harness) pkgs+=(qemu-system-x86 qemu-system-arm kmod xz-utils cpio busybox-static iproute2

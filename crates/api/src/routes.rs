@@ -16,15 +16,7 @@ pub enum ParsedRequest {
 }
 
 /// Resources of Firecracker's API that ember does not implement.
-const NOT_IMPLEMENTED: &[&str] = &[
-    "vsock",
-    "balloon",
-    "entropy",
-    "mmds",
-    "cpu-config",
-    "hotplug",
-    "serial",
-];
+const NOT_IMPLEMENTED: &[&str] = &["balloon", "mmds", "cpu-config", "hotplug", "serial"];
 
 /// A label for the path, for per-path request counters (ids left out).
 pub fn path_label(path: &str) -> &'static str {
@@ -42,6 +34,8 @@ pub fn path_label(path: &str) -> &'static str {
         ("logger", false) => "logger",
         ("metrics", false) => "metrics",
         ("snapshot", true) => "snapshot",
+        ("vsock", false) => "vsock",
+        ("entropy", false) => "entropy",
         _ => "other",
     }
 }
@@ -122,6 +116,14 @@ fn route_parsed(req: Request) -> Result<VmmRequest, Response> {
         },
         "/metrics" => match m {
             Put => VmmRequest::PutMetrics(body(&raw)?),
+            _ => return wrong_method("PUT"),
+        },
+        "/vsock" => match m {
+            Put => VmmRequest::PutVsock(body(&raw)?),
+            _ => return wrong_method("PUT"),
+        },
+        "/entropy" => match m {
+            Put => VmmRequest::PutEntropy(body(&raw)?),
             _ => return wrong_method("PUT"),
         },
         "/snapshot/create" => match m {
@@ -251,6 +253,8 @@ mod tests {
         assert_eq!(status(r(Put, "/drives/", "{}")), 400);
         assert_eq!(status(r(Put, "/drives/a/b", "{}")), 400);
         assert_eq!(status(r(Put, "/vsock", "{}")), 400);
+        assert_eq!(status(r(Put, "/balloon", "{}")), 400);
+        assert_eq!(status(r(Get, "/entropy", "")), 405);
         assert_eq!(path_label("/drives/x"), "drives");
         assert_eq!(path_label("/vm/config"), "vm_config");
     }

@@ -8,6 +8,7 @@ use crate::machine::{MachineConfig, MachineConfigError, DEFAULT_MEM_MIB, DEFAULT
 use crate::net::{self, NetError, NetSpec, NetworkInterface};
 use crate::output::{Logger, Metrics, Serial};
 use crate::parse::{from_json, ParseError};
+use crate::services::{Entropy, ServiceError, Vsock, VsockSpec};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use thiserror::Error;
@@ -31,6 +32,9 @@ pub enum ConfigError {
     /// A network interface is invalid.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// A guest service (vsock, entropy) is invalid.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
     /// `kernel_image_path` is empty.
     #[error("boot-source: kernel_image_path must not be empty")]
     EmptyKernelPath,
@@ -73,14 +77,16 @@ pub struct VmConfig {
     /// `metrics`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    /// `vsock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<Vsock>,
+    /// `entropy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<Entropy>,
     // Keys of Firecracker's format that this build does not implement: accepted only when
     // empty, so a configuration never silently loses a device it asked for.
     #[serde(default, skip_serializing)]
-    vsock: Option<serde_json::Value>,
-    #[serde(default, skip_serializing)]
     balloon: Option<serde_json::Value>,
-    #[serde(default, skip_serializing)]
-    entropy: Option<serde_json::Value>,
     #[serde(rename = "mmds-config", default, skip_serializing)]
     mmds_config: Option<serde_json::Value>,
     #[serde(rename = "cpu-config", default, skip_serializing)]
@@ -108,6 +114,10 @@ pub struct VmResources {
     pub net: Vec<NetSpec>,
     /// KVM's dirty log is kept for every memory slot (for diff snapshots).
     pub track_dirty_pages: bool,
+    /// The vsock device, if any.
+    pub vsock: Option<VsockSpec>,
+    /// Whether the guest has a virtio-rng device.
+    pub entropy: bool,
 }
 
 fn at(path: &str) -> String {
@@ -152,9 +162,11 @@ impl VmConfig {
     pub fn validate(&self) -> Result<VmResources, ConfigError> {
         let drives = drive::validate_drives(&self.drives)?;
         let net = net::validate_interfaces(&self.network_interfaces)?;
-        refuse_if_set("vsock", &self.vsock)?;
+        let vsock = self.vsock.as_ref().map(Vsock::validate).transpose()?;
+        if let Some(e) = &self.entropy {
+            e.validate()?;
+        }
         refuse_if_set("balloon", &self.balloon)?;
-        refuse_if_set("entropy", &self.entropy)?;
         refuse_if_set("mmds-config", &self.mmds_config)?;
         refuse_if_set("cpu-config", &self.cpu_config)?;
         let (vcpu_count, mem_size_mib) = match &self.machine_config {
@@ -185,6 +197,8 @@ impl VmConfig {
                 .map(PathBuf::from),
             drives,
             net,
+            vsock,
+            entropy: self.entropy.is_some(),
         })
     }
 }

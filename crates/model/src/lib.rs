@@ -9,6 +9,7 @@
 //! - [`config`]: the whole configuration (`--config-file`, `GET /vm/config`) and
 //!   [`config::VmResources`], what a valid configuration means.
 //! - [`metrics`]: the metrics line ember writes and emberd reads.
+//! - [`services`]: the guest services' resources (vsock, entropy).
 //! - [`snapshot`]: the snapshot create and load bodies.
 //! - [`rpc`]: requests from the API to the VMM, and their answers and errors.
 
@@ -21,6 +22,7 @@ pub mod net;
 pub mod output;
 pub mod parse;
 pub mod rpc;
+pub mod services;
 pub mod snapshot;
 pub mod vm;
 
@@ -32,6 +34,7 @@ pub use metrics::MetricsLine;
 pub use net::{NetSpec, NetworkInterface, NetworkInterfacePatch};
 pub use output::{Logger, Metrics, Serial};
 pub use parse::{from_json, printable, ParseError};
+pub use services::{Entropy, Vsock, VsockSpec};
 pub use vm::{
     ActionType, Fault, InstanceActionInfo, InstanceInfo, InstanceState, Version, Vm, VmState,
 };

@@ -1,7 +1,7 @@
 //! The metrics line: one JSON object per line in the metrics file, written by ember and
 //! read by emberd. Each counter is the change since the previous line (Firecracker's
 //! convention); groups are Firecracker's: `api_server`, `block` (all drives) and
-//! `block_<drive id>`, `net` and `net_<iface id>`, `vcpu`, `uart`.
+//! `block_<drive id>`, `net` and `net_<iface id>`, `vcpu`, `uart`, `entropy`.
 //!
 //! Readers are lenient where writers are strict: a missing counter reads as 0 and unknown
 //! groups or counters are ignored, so an emberd reads the lines of an older or newer ember.
@@ -103,6 +103,20 @@ counters!(
     }
 );
 
+counters!(
+    /// The entropy device (Firecracker's names).
+    EntropyMetrics {
+        /// Requests the guest made.
+        entropy_event_count,
+        /// Random bytes given to the guest.
+        entropy_bytes,
+        /// Requests whose buffers could not be written.
+        entropy_event_fails,
+        /// Times the host's random source failed.
+        host_rng_fails,
+    }
+);
+
 /// One metrics line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetricsLine {
@@ -123,6 +137,8 @@ pub struct MetricsLine {
     pub vcpu: Option<VcpuMetrics>,
     /// The console; absent before start.
     pub uart: Option<UartMetrics>,
+    /// The entropy device; absent without one.
+    pub entropy: Option<EntropyMetrics>,
 }
 
 impl MetricsLine {
@@ -161,6 +177,9 @@ impl MetricsLine {
             net_devices: each(&self.net_devices, &before.net_devices, NetMetrics::since),
             vcpu: self.vcpu.map(|v| v.since(&before.vcpu.unwrap_or_default())),
             uart: self.uart.map(|u| u.since(&before.uart.unwrap_or_default())),
+            entropy: self
+                .entropy
+                .map(|e| e.since(&before.entropy.unwrap_or_default())),
         }
     }
 }
@@ -197,6 +216,9 @@ impl Serialize for MetricsLine {
         if let Some(u) = &self.uart {
             m.insert("uart".into(), to_value(u)?);
         }
+        if let Some(e) = &self.entropy {
+            m.insert("entropy".into(), to_value(e)?);
+        }
         Value::Object(m).serialize(s)
     }
 }
@@ -216,6 +238,7 @@ impl<'de> Deserialize<'de> for MetricsLine {
                 "net" => line.net = Some(group::<_, D::Error>(v)?),
                 "vcpu" => line.vcpu = Some(group::<_, D::Error>(v)?),
                 "uart" => line.uart = Some(group::<_, D::Error>(v)?),
+                "entropy" => line.entropy = Some(group::<_, D::Error>(v)?),
                 _ => {
                     if let Some(id) = k.strip_prefix("block_") {
                         line.block_devices

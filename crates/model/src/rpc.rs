@@ -44,6 +44,10 @@ pub enum Request {
     PutLogger(Logger),
     /// `PUT /metrics`.
     PutMetrics(Metrics),
+    /// `PUT /vsock`.
+    PutVsock(crate::Vsock),
+    /// `PUT /entropy`.
+    PutEntropy(crate::Entropy),
     /// `PUT /snapshot/create` (on a paused guest).
     CreateSnapshot(SnapshotCreateParams),
     /// `PUT /snapshot/load` (before any other configuration).

@@ -38,11 +38,24 @@ pub enum ThreadKind {
     Block,
     /// A virtio-net device thread: the queues and the tap.
     Net,
+    /// A virtio-vsock device thread: the queues, the Unix socket it listens on and the
+    /// connections it relays.
+    Vsock,
+    /// A virtio-rng device thread: the queue and the host's `getrandom`.
+    Entropy,
 }
 
 impl ThreadKind {
     /// Every kind, in the order the filter file lists them.
-    pub const ALL: [ThreadKind; 5] = [Self::Vmm, Self::Api, Self::Vcpu, Self::Block, Self::Net];
+    pub const ALL: [ThreadKind; 7] = [
+        Self::Vmm,
+        Self::Api,
+        Self::Vcpu,
+        Self::Block,
+        Self::Net,
+        Self::Vsock,
+        Self::Entropy,
+    ];
 
     /// The kind's key in a filter file.
     pub fn key(self) -> &'static str {
@@ -52,6 +65,8 @@ impl ThreadKind {
             Self::Vcpu => "vcpu",
             Self::Block => "block",
             Self::Net => "net",
+            Self::Vsock => "vsock",
+            Self::Entropy => "entropy",
         }
     }
 }

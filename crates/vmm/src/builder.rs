@@ -19,6 +19,7 @@ use devices::serial::SerialDevice;
 use devices::virtio::block::{Block, CacheType, DiskError, DiskFile, DiskSwap};
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::{Net, NetConfig, Tap, TapError};
+use devices::virtio::rng::Entropy;
 use devices::virtio::{DevicePause, GuestMemory};
 use devices::{Bus, BusError};
 use linux_loader::cmdline::Cmdline;
@@ -396,6 +397,12 @@ pub fn build_with(
         sources.net.push((spec.id.clone(), net.counters()));
         device_manager.attach(&vm, &guest_mem, &mut mmio, &mut cmdline, Box::new(net))?;
     }
+    if res.entropy {
+        let rng = Entropy::new().map_err(BuildError::EventFd)?;
+        device_pauses.push(rng.pause_handle());
+        sources.entropy = Some(rng.counters());
+        device_manager.attach(&vm, &guest_mem, &mut mmio, &mut cmdline, Box::new(rng))?;
+    }
     if let Some(kernel) = &kernel_entry {
         boot::configure_system(
             guest_mem.as_ref(),
@@ -579,11 +586,14 @@ fn check_layout(state: &MicrovmState, res: &VmResources) -> Result<(), BuildErro
             res.vcpu_count
         )));
     }
-    if state.virtio.len() != res.drives.len() + res.net.len() {
+    let devices = res.drives.len()
+        + res.net.len()
+        + usize::from(res.vsock.is_some())
+        + usize::from(res.entropy);
+    if state.virtio.len() != devices {
         return Err(BuildError::Restore(format!(
-            "it has {} virtio devices, its configuration {}",
+            "it has {} virtio devices, its configuration {devices}",
             state.virtio.len(),
-            res.drives.len() + res.net.len()
         )));
     }
     Ok(())

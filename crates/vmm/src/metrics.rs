@@ -6,7 +6,10 @@
 use crate::vstate::vcpu::VcpuControl;
 use devices::virtio::block::BlockCounters;
 use devices::virtio::net::NetCounters;
-use model::metrics::{BlockMetrics, MetricsLine, NetMetrics, UartMetrics, VcpuMetrics};
+use devices::virtio::rng::EntropyCounters;
+use model::metrics::{
+    BlockMetrics, EntropyMetrics, MetricsLine, NetMetrics, UartMetrics, VcpuMetrics,
+};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
@@ -53,6 +56,8 @@ pub struct Sources {
     pub vcpus: Vec<Arc<VcpuControl>>,
     /// Bytes the guest wrote to its console.
     pub uart_out: Option<Arc<AtomicU64>>,
+    /// The entropy device.
+    pub entropy: Option<Arc<EntropyCounters>>,
 }
 
 /// Writes metrics lines to a file (or FIFO), keeping the last totals to report changes.
@@ -133,6 +138,14 @@ fn totals(src: &Sources) -> MetricsLine {
         };
         line.net.get_or_insert_with(Default::default).add(&m);
         line.net_devices.entry(id.clone()).or_default().add(&m);
+    }
+    if let Some(c) = &src.entropy {
+        line.entropy = Some(EntropyMetrics {
+            entropy_event_count: get(&c.requests),
+            entropy_bytes: get(&c.bytes),
+            entropy_event_fails: get(&c.invalid_requests),
+            host_rng_fails: get(&c.host_failures),
+        });
     }
     for v in &src.vcpus {
         let e = &v.exits;

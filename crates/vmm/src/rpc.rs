@@ -369,6 +369,20 @@ impl Controller {
             Request::PatchNetworkInterface(id, _) => Err(RequestError::Unsupported(format!(
                 "PATCH /network-interfaces/{id}: rate limiters are not supported by ember"
             ))),
+            Request::PutVsock(v) => {
+                self.pre_boot("vsock")?;
+                self.configured = true;
+                v.validate().map_err(model::ConfigError::from)?;
+                self.config.vsock = Some(v);
+                done(Answer::Empty)
+            }
+            Request::PutEntropy(e) => {
+                self.pre_boot("entropy")?;
+                self.configured = true;
+                e.validate().map_err(model::ConfigError::from)?;
+                self.config.entropy = Some(e);
+                done(Answer::Empty)
+            }
             Request::PutLogger(l) => {
                 self.pre_boot("logger")?;
                 (self.logger)(&l).map_err(RequestError::Invalid)?;

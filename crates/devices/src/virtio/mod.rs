@@ -15,6 +15,7 @@ mod interrupt;
 pub mod mmio;
 pub mod net;
 pub mod pause;
+pub mod rng;
 #[cfg(test)]
 mod test_ring;
 

@@ -1,0 +1,191 @@
+"""Guest services (issue 19): the entropy device the guest reads as /dev/hwrng, and vsock:
+streams both ways through Firecracker's Unix-socket backend (`CONNECT <port>` from the
+host, `<uds_path>_<port>` for the guest's connections to the host), hashed at both ends;
+a port nobody listens on; many short connections in a row; bad configurations refused."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+
+import pytest
+
+from framework.common import expect
+from framework.vm import (HEARTBEAT, READY, drive, run_ember_expecting_error, start_ember,
+                          vm_config, wait_or_stall)
+
+pytestmark = pytest.mark.emulated_flaky
+
+MIB = 1 << 20
+CID = 3
+
+
+def test_entropy_hwrng_is_virtio_and_gives_bytes(ctx):
+    cfg = vm_config(ctx, mode="run", extra_args=(
+        'ember_cmd="cat /sys/class/misc/hw_random/rng_current; '
+        'echo HWRNG-BYTES $(head -c 65536 /dev/hwrng | wc -c); '
+        'head -c 32 /dev/hwrng | od -An -tx1 | tr -d \' \\n\'; echo"'))
+    cfg["entropy"] = {}
+    vm = start_ember(ctx, cfg, name="rng")
+    vm.wait_for(READY, timeout=300)
+    m = vm.wait_for(r"^(virtio_rng\.\d+|none)$", timeout=60)
+    expect(m.group(1).startswith("virtio_rng"), f"rng_current is {m.group(1)}")
+    n = vm.wait_for(r"HWRNG-BYTES (\d+)", timeout=60).group(1)
+    expect(n == "65536", f"/dev/hwrng gave {n} of 65536 bytes")
+    sample = vm.wait_for(r"^([0-9a-f]{64})$", timeout=60).group(1)
+    expect(sample != "0" * 64, "the device gave zeros")
+    vm.wait_for(r"EMBER-CMD-EXIT status=0", timeout=60)
+    expect(vm.wait_exit(timeout=60) == 0, f"ember did not exit 0\n{vm.tail()}")
+
+
+def test_services_bad_configs_are_refused(ctx):
+    base = vm_config(ctx)
+    sock = str(ctx.work / "v.sock")
+    cases = [
+        ({"entropy": {"rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}},
+         "entropy: rate_limiter is not supported"),
+        ({"vsock": {"guest_cid": 2, "uds_path": sock}}, "guest_cid must be at least 3"),
+        ({"vsock": {"guest_cid": 3}}, "uds_path"),
+        ({"vsock": {"guest_cid": 3, "uds_path": "/" + "x" * 120}}, "uds_path is 121 bytes"),
+        ({"vsock": {"guest_cid": "3", "uds_path": sock}}, "guest_cid"),
+        ({"vsock": {"guest_cid": 3, "uds_path": sock, "port": 1}}, "unknown field"),
+    ]
+    for extra, needle in cases:
+        line = run_ember_expecting_error(ctx, dict(base, **extra))
+        expect(needle in line, f"{extra}: {line}")
+    # A socket path that already exists is not taken over.
+    open(sock, "w").close()
+    line = run_ember_expecting_error(ctx, dict(base, vsock={"guest_cid": 3, "uds_path": sock}))
+    expect("v.sock" in line and "exists" in line.lower(), line)
+
+
+def vsock_vm(ctx, name: str, cmd: str):
+    """A guest booted from the ext4 image (which has /bin/vsock), with a vsock device whose
+    host socket is returned too."""
+    uds = str(ctx.work / f"{name}.vsock")
+    cfg = vm_config(ctx, initrd=False, mode="run", mem_mib=256,
+                    extra_args=f'ember_cmd="{HEARTBEAT}{cmd}"')
+    cfg["drives"] = [drive("rootfs", ctx.rootfs_dir / "rootfs.ext4", root=True, ro=True)]
+    cfg["vsock"] = {"guest_cid": CID, "uds_path": uds}
+    vm = start_ember(ctx, cfg, name=name)
+    vm.wait_for(READY, timeout=300)
+    return vm, uds
+
+
+def host_connect(uds: str, port: int, timeout: float = 30) -> tuple[socket.socket, str]:
+    """Connects through the device's socket to the guest's `port`; returns the stream and
+    ember's answer line (`OK <host port>`, or '' if ember closed it)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(uds)
+    s.sendall(f"CONNECT {port}\n".encode())
+    line = b""
+    while not line.endswith(b"\n"):
+        b = s.recv(1)
+        if not b:
+            break
+        line += b
+    return s, line.decode(errors="replace").strip()
+
+
+def connect_when_listening(vm, uds: str, port: int, deadline_s: float = 60):
+    """Retries until the guest's listener answers (it starts after the ready marker)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        s, answer = host_connect(uds, port)
+        if answer.startswith("OK "):
+            return s, answer
+        s.close()
+        expect(time.monotonic() < deadline,
+               f"the guest never accepted on port {port} (last answer {answer!r})\n{vm.tail()}")
+        time.sleep(0.3)
+
+
+def test_vsock_64mib_each_way_and_refused_ports(ctx):
+    n = 64 * MIB
+    guest = (f"vsock listen 5000 </dev/null | sha256sum | sed s/^/RX-HASH\\ /; "
+             f"head -c {n} /dev/urandom > /tmp/tx; echo TX-HASH $(sha256sum /tmp/tx); "
+             f"vsock connect 2 6000 </tmp/tx >/dev/null; echo SENT-STATUS $?")
+    uds_pre = ctx.work / "vs.vsock"
+    # The guest's connection to the host's port 6000 arrives at <uds_path>_6000.
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(f"{uds_pre}_6000")
+    listener.listen(1)
+    listener.settimeout(900)
+    vm, uds = vsock_vm(ctx, "vs", guest)
+    expect(uds == str(uds_pre), uds)
+    expect(oct(os.stat(uds).st_mode & 0o777) == "0o600", f"{uds} mode {oct(os.stat(uds).st_mode)}")
+
+    # A port nobody listens on: ember closes the client without an OK.
+    s, answer = host_connect(uds, 4999)
+    expect(answer == "", f"CONNECT to a closed port answered {answer!r}")
+    s.close()
+    # A bad CONNECT line is refused too.
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(uds)
+    s.sendall(b"HELLO there\n")
+    expect(s.recv(64) == b"", "a bad CONNECT line was not closed")
+    s.close()
+
+    # Host -> guest.
+    s, answer = connect_when_listening(vm, uds, 5000)
+    h = hashlib.sha256()
+    left = n
+    while left:
+        b = os.urandom(min(left, MIB))
+        s.sendall(b)
+        h.update(b)
+        left -= len(b)
+    s.shutdown(socket.SHUT_WR)
+    expect(s.recv(1) == b"", "the guest's half of the stream did not end")
+    s.close()
+    rx = wait_or_stall(ctx, vm, r"RX-HASH ([0-9a-f]{64})", timeout=600).group(1)
+    expect(rx == h.hexdigest(), f"host -> guest: sent {h.hexdigest()}, guest got {rx}")
+
+    # Guest -> host.
+    c, _ = listener.accept()
+    c.settimeout(300)
+    h, got = hashlib.sha256(), 0
+    while True:
+        b = c.recv(MIB)
+        if not b:
+            break
+        h.update(b)
+        got += len(b)
+    c.close()
+    tx = wait_or_stall(ctx, vm, r"TX-HASH ([0-9a-f]{64})", timeout=120).group(1)
+    expect(got == n, f"guest -> host: {got} of {n} bytes arrived")
+    expect(tx == h.hexdigest(), f"guest -> host: guest sent {tx}, host got {h.hexdigest()}")
+    wait_or_stall(ctx, vm, r"SENT-STATUS 0", timeout=120)
+    vm.kill()
+
+
+def test_vsock_100_short_connections_and_a_refused_host_port(ctx):
+    guest = ("(vsock connect 2 7000 </dev/null; echo HOSTPORT-STATUS $?); "
+             "vsock echo 5001")
+    vm, uds = vsock_vm(ctx, "vs100", guest)
+    # Nothing listens on <uds>_7000: the guest's connect is refused.
+    m = wait_or_stall(ctx, vm, r"HOSTPORT-STATUS (\d+)", timeout=120)
+    expect(m.group(1) != "0", "a connection to a host port nobody listens on succeeded")
+    ports = set()
+    for i in range(100):
+        if i == 0:
+            s, answer = connect_when_listening(vm, uds, 5001)
+        else:
+            s, answer = host_connect(uds, 5001)
+        expect(answer.startswith("OK "), f"connection {i}: answer {answer!r}\n{vm.tail()}")
+        ports.add(answer.split()[1])
+        msg = f"hello {i} ".encode() * 50
+        s.sendall(msg)
+        back = b""
+        while len(back) < len(msg):
+            b = s.recv(65536)
+            expect(b != b"", f"connection {i}: the echo ended after {len(back)} bytes")
+            back += b
+        expect(back == msg, f"connection {i}: the echo differs")
+        s.close()
+    expect(len(ports) == 100, f"{len(ports)} distinct host ports for 100 connections")
+    vm.kill()
