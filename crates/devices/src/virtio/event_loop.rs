@@ -51,8 +51,10 @@ pub struct DeviceEvents<T> {
     epoll: Epoll,
     stop: EventFd,
     pause: Arc<DevicePause>,
-    /// The device's tokens; a source's epoll data is `FIRST_DEVICE` + its index here.
-    tokens: Vec<T>,
+    /// The device's tokens; a source's epoll data is `FIRST_DEVICE` + its index here. A
+    /// removed source leaves a hole that the next `add` fills, so a device whose sources
+    /// come and go (vsock's connections) keeps a table as big as its most sources at once.
+    tokens: Vec<Option<T>>,
     ready: Vec<EpollEvent>,
 }
 
@@ -95,7 +97,7 @@ impl<T: Copy + PartialEq> DeviceEvents<T> {
     }
 
     fn data_of(&self, token: T) -> Option<u64> {
-        let index = self.tokens.iter().position(|t| *t == token)?;
+        let index = self.tokens.iter().position(|t| *t == Some(token))?;
         u64::try_from(index).ok()?.checked_add(FIRST_DEVICE)
     }
 
@@ -106,13 +108,45 @@ impl<T: Copy + PartialEq> DeviceEvents<T> {
         token: T,
         events: EventSet,
     ) -> Result<(), EventLoopError> {
-        let data = u64::try_from(self.tokens.len())
+        let hole = self.tokens.iter().position(Option::is_none);
+        let index = hole.unwrap_or(self.tokens.len());
+        let data = u64::try_from(index)
             .ok()
             .and_then(|i| i.checked_add(FIRST_DEVICE))
             .ok_or_else(|| EventLoopError::Register(io::Error::from(io::ErrorKind::OutOfMemory)))?;
         self.ctl(ControlOperation::Add, fd.as_raw_fd(), data, events)?;
-        self.tokens.push(token);
-        self.ready.push(EpollEvent::default());
+        match self.tokens.get_mut(index) {
+            Some(slot) => *slot = Some(token),
+            None => {
+                self.tokens.push(Some(token));
+                self.ready.push(EpollEvent::default());
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops watching `fd`, added as `token`; its slot is reused by a later `add`. The fd
+    /// must still be open (epoll forgets a closed fd by itself, but only once every
+    /// duplicate of it is closed).
+    pub fn remove(&mut self, fd: &impl AsRawFd, token: T) -> Result<(), EventLoopError> {
+        let index = self
+            .tokens
+            .iter()
+            .position(|t| *t == Some(token))
+            .ok_or_else(|| EventLoopError::Register(io::Error::from(io::ErrorKind::NotFound)))?;
+        let data = u64::try_from(index)
+            .ok()
+            .and_then(|i| i.checked_add(FIRST_DEVICE))
+            .ok_or_else(|| EventLoopError::Register(io::Error::from(io::ErrorKind::NotFound)))?;
+        self.ctl(
+            ControlOperation::Delete,
+            fd.as_raw_fd(),
+            data,
+            EventSet::empty(),
+        )?;
+        if let Some(slot) = self.tokens.get_mut(index) {
+            *slot = None;
+        }
         Ok(())
     }
 
@@ -166,9 +200,9 @@ impl<T: Copy + PartialEq> DeviceEvents<T> {
                     let token = data
                         .checked_sub(FIRST_DEVICE)
                         .and_then(|i| usize::try_from(i).ok())
-                        .and_then(|i| self.tokens.get(i));
+                        .and_then(|i| self.tokens.get(i).copied().flatten());
                     if let Some(token) = token {
-                        on_event(*token, ev.event_set());
+                        on_event(token, ev.event_set());
                     }
                 }
             }
@@ -223,6 +257,28 @@ mod tests {
         stop.write(1).unwrap();
         assert_eq!(collect(&mut events), (Flow::Stop, vec![]));
         assert!(stop.read().is_err(), "the loop drains the stop eventfd");
+    }
+
+    #[test]
+    fn a_removed_source_is_silent_and_its_slot_is_reused() {
+        let pause = Arc::new(DevicePause::new().unwrap());
+        let mut events = DeviceEvents::new(eventfd(), pause).unwrap();
+        let (a, b) = (eventfd(), eventfd());
+        events.add(&a, Source::A, EventSet::IN).unwrap();
+        events.add(&b, Source::B, EventSet::IN).unwrap();
+        a.write(1).unwrap();
+        b.write(1).unwrap();
+        events.remove(&a, Source::A).unwrap();
+        assert_eq!(collect(&mut events), (Flow::Continue, vec![Source::B]));
+        assert!(events.modify(&a, Source::A, EventSet::IN).is_err());
+        assert!(events.remove(&a, Source::A).is_err(), "removed once only");
+        // A's slot is taken again, now by a second fd, and nothing grew.
+        let c = eventfd();
+        events.add(&c, Source::A, EventSet::IN).unwrap();
+        assert_eq!(events.tokens.len(), 2);
+        b.read().unwrap();
+        c.write(1).unwrap();
+        assert_eq!(collect(&mut events), (Flow::Continue, vec![Source::A]));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod mmio;
 pub mod net;
 pub mod pause;
 pub mod rng;
+pub mod vsock;
 #[cfg(test)]
 mod test_ring;
 
@@ -41,6 +42,8 @@ pub type GuestMemory = Arc<GuestMemoryMmap>;
 pub const TYPE_BLOCK: u32 = virtio_ids::VIRTIO_ID_BLOCK;
 /// Virtio device type of a network device.
 pub const TYPE_NET: u32 = virtio_ids::VIRTIO_ID_NET;
+/// Virtio device type of a socket (vsock) device.
+pub const TYPE_VSOCK: u32 = virtio_ids::VIRTIO_ID_VSOCK;
 
 /// Feature bit: the device conforms to virtio 1.x (the only mode we offer).
 pub const F_VERSION_1: u32 = virtio_config::VIRTIO_F_VERSION_1;
