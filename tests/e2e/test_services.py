@@ -1,7 +1,8 @@
-"""Guest services (issue 19): the entropy device the guest reads as /dev/hwrng, and vsock:
+"""Guest services (issue 19): the entropy device the guest reads as /dev/hwrng; vsock:
 streams both ways through Firecracker's Unix-socket backend (`CONNECT <port>` from the
-host, `<uds_path>_<port>` for the guest's connections to the host), hashed at both ends;
-a port nobody listens on; many short connections in a row; bad configurations refused."""
+host, `<uds_path>_<port>` for the guest's connections to the host), hashed at both ends,
+a port nobody listens on, many short connections in a row; the balloon: memory the guest
+gives up leaves ember's RSS, its statistics, deflate on OOM; bad configurations refused."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import time
 
 import pytest
 
+from framework.api import call, expect_status, start_api_ember
 from framework.common import expect
-from framework.vm import (HEARTBEAT, READY, drive, run_ember_expecting_error, start_ember,
-                          vm_config, wait_or_stall)
+from framework.vm import (HEARTBEAT, READY, drive, guest_cmdline, run_ember_expecting_error,
+                          start_ember, vm_config, wait_or_stall)
 
 pytestmark = pytest.mark.emulated_flaky
 
@@ -58,7 +60,7 @@ def test_services_bad_configs_are_refused(ctx):
     # A socket path that already exists is not taken over.
     open(sock, "w").close()
     line = run_ember_expecting_error(ctx, dict(base, vsock={"guest_cid": 3, "uds_path": sock}))
-    expect("v.sock" in line and "exists" in line.lower(), line)
+    expect("v.sock" in line and "already in use" in line, line)
 
 
 def vsock_vm(ctx, name: str, cmd: str):
@@ -188,4 +190,87 @@ def test_vsock_100_short_connections_and_a_refused_host_port(ctx):
         expect(back == msg, f"connection {i}: the echo differs")
         s.close()
     expect(len(ports) == 100, f"{len(ports)} distinct host ports for 100 connections")
+    vm.kill()
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def wait_actual(sock: str, vm, want, what: str, timeout: float = 300) -> dict:
+    """Polls GET /balloon/statistics until `want(stats)`; returns the statistics."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code, stats = call(sock, "GET", "/balloon/statistics")
+        expect(code == 200, f"GET /balloon/statistics: {code} {stats}")
+        if want(stats):
+            return stats
+        expect(time.monotonic() < deadline, f"{what}: the balloon stayed at {stats}\n{vm.tail()}")
+        time.sleep(0.5)
+
+
+def test_balloon_inflate_returns_memory_stats_and_deflate_on_oom(ctx):
+    mem_mib, inflate_mib = 256, 128
+    # The guest touches nearly all its memory, then frees it: the pages the balloon will
+    # take are then resident in ember. Then, at each line on its console, one step.
+    guest = ("mount -t tmpfs -o size=240m tmpfs /mnt; head -c 209715200 /dev/zero > /mnt/f; "
+             "rm /mnt/f; echo FILLED; "
+             "read x; head -c 157286400 /dev/zero > /mnt/g && echo ALLOC-OK; sleep 600")
+    vm, sock = start_api_ember(ctx, "bal", stdin_pipe=True)
+    boot = {"kernel_image_path": str(ctx.kernel_dir / ("Image" if ctx.arch == "aarch64"
+                                                       else "vmlinux")),
+            "initrd_path": str(ctx.initramfs),
+            "boot_args": guest_cmdline(ctx, "run", f'ember_cmd="{HEARTBEAT}{guest}"')}
+    expect_status(call(sock, "PUT", "/boot-source", boot), 204)
+    expect_status(call(sock, "PUT", "/machine-config",
+                       {"vcpu_count": 1, "mem_size_mib": mem_mib}), 204)
+    # Bad balloons first: bigger than the guest, a wrong type, PATCH before start.
+    expect_status(call(sock, "PUT", "/balloon", {"amount_mib": 300, "deflate_on_oom": True}),
+                  400, "more than the guest's memory")
+    expect_status(call(sock, "PUT", "/balloon", {"amount_mib": "1", "deflate_on_oom": True}),
+                  400, "amount_mib")
+    expect_status(call(sock, "PATCH", "/balloon", {"amount_mib": 1}), 400, "running guest")
+    expect_status(call(sock, "GET", "/balloon"), 400, "no balloon")
+    expect_status(call(sock, "PUT", "/balloon", {"amount_mib": 0, "deflate_on_oom": True,
+                                                 "stats_polling_interval_s": 1}), 204)
+    code, b = call(sock, "GET", "/balloon")
+    expect(code == 200 and b == {"amount_mib": 0, "deflate_on_oom": True,
+                                 "stats_polling_interval_s": 1}, f"GET /balloon: {code} {b}")
+    expect_status(call(sock, "PUT", "/actions", {"action_type": "InstanceStart"}), 204)
+    vm.wait_for(READY, timeout=300)
+    wait_or_stall(ctx, vm, "FILLED", timeout=300)
+    # The guest's own numbers arrive at the polling interval.
+    stats = wait_actual(sock, vm, lambda s: s.get("total_memory", 0) > 0, "statistics")
+    expect(stats["total_memory"] > (mem_mib - 64) << 20, f"total_memory {stats}")
+    expect("free_memory" in stats and "available_memory" in stats, f"{stats}")
+
+    before = rss_kib(vm.proc.pid)
+    expect_status(call(sock, "PATCH", "/balloon", {"amount_mib": inflate_mib}), 204)
+    wait_actual(sock, vm, lambda s: s["actual_mib"] >= inflate_mib, "inflate")
+    after = rss_kib(vm.proc.pid)
+    freed = (before - after) / 1024
+    print(f"e2e:   RSS {before // 1024} MiB -> {after // 1024} MiB after inflating "
+          f"{inflate_mib} MiB (fell {freed:.0f} MiB)")
+    expect(freed >= 0.8 * inflate_mib,
+           f"ember's RSS fell {freed:.0f} MiB for a {inflate_mib} MiB balloon")
+    expect_status(call(sock, "PATCH", "/balloon/statistics",
+                       {"stats_polling_interval_s": 0}), 400, "cannot go from 1 to 0")
+    expect_status(call(sock, "PATCH", "/balloon/statistics",
+                       {"stats_polling_interval_s": 2}), 204)
+    expect_status(call(sock, "PATCH", "/balloon", {"amount_mib": 257}), 400, "more than")
+
+    # Deflate, then inflate to most of the guest and let it need memory: deflate_on_oom
+    # gives it back.
+    expect_status(call(sock, "PATCH", "/balloon", {"amount_mib": 0}), 204)
+    wait_actual(sock, vm, lambda s: s["actual_mib"] == 0, "deflate")
+    expect_status(call(sock, "PATCH", "/balloon", {"amount_mib": 200}), 204)
+    wait_actual(sock, vm, lambda s: s["actual_mib"] >= 200, "inflate to 200 MiB")
+    vm.send(b"go\n")
+    wait_or_stall(ctx, vm, "ALLOC-OK", timeout=300)
+    stats = wait_actual(sock, vm, lambda s: s["actual_mib"] < 200, "deflate on OOM")
+    expect(stats["target_mib"] == 200, f"{stats}")
     vm.kill()

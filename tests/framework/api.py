@@ -60,12 +60,13 @@ def expect_status(got: tuple[int, dict | None], status: int, needle: str = "") -
 
 
 def start_api_ember(ctx: Ctx, name: str, pre: list[str] | None = None,
-                    flags: list[str] | None = None) -> tuple[VmProcess, str]:
+                    flags: list[str] | None = None,
+                    stdin_pipe: bool = False) -> tuple[VmProcess, str]:
     """ember serving its API on a socket in the test's directory, no guest configured.
-    Returns once the socket answers."""
+    Returns once the socket answers. `stdin_pipe`: the console's input is `vm.send`."""
     sock = str(ctx.work / f"{name}.sock")
     argv = [str(ctx.ember), "--api-sock", sock, "--id", name] + (flags or [])
-    vm = VmProcess(name, argv, ctx.work, pre=pre)
+    vm = VmProcess(name, argv, ctx.work, pre=pre, stdin_pipe=stdin_pipe)
     deadline = time.monotonic() + 30
     while True:
         try:

@@ -36,6 +36,8 @@ pub fn path_label(path: &str) -> &'static str {
         ("snapshot", true) => "snapshot",
         ("vsock", false) => "vsock",
         ("entropy", false) => "entropy",
+        ("balloon", false) => "balloon",
+        ("balloon", true) => "balloon_statistics",
         _ => "other",
     }
 }
@@ -121,6 +123,16 @@ fn route_parsed(req: Request) -> Result<VmmRequest, Response> {
         "/vsock" => match m {
             Put => VmmRequest::PutVsock(body(&raw)?),
             _ => return wrong_method("PUT"),
+        },
+        "/balloon" => match m {
+            Get => VmmRequest::GetBalloon,
+            Put => VmmRequest::PutBalloon(body(&raw)?),
+            Patch => VmmRequest::PatchBalloon(body(&raw)?),
+        },
+        "/balloon/statistics" => match m {
+            Get => VmmRequest::GetBalloonStats,
+            Patch => VmmRequest::PatchBalloonStats(body(&raw)?),
+            Put => return wrong_method("GET or PATCH"),
         },
         "/entropy" => match m {
             Put => VmmRequest::PutEntropy(body(&raw)?),

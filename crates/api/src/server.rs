@@ -458,6 +458,8 @@ pub fn to_response(outcome: Outcome) -> Response {
         Ok(Answer::Version(v)) => Response::json(&v),
         Ok(Answer::VmConfig(c)) => Response::json(&c),
         Ok(Answer::MachineConfig(m)) => Response::json(&m),
+        Ok(Answer::Balloon(b)) => Response::json(&b),
+        Ok(Answer::BalloonStats(s)) => Response::json(&s),
         Err(e) => Response::fault(status_of(&e), e.to_string()),
     }
 }

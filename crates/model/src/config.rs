@@ -8,7 +8,7 @@ use crate::machine::{MachineConfig, MachineConfigError, DEFAULT_MEM_MIB, DEFAULT
 use crate::net::{self, NetError, NetSpec, NetworkInterface};
 use crate::output::{Logger, Metrics, Serial};
 use crate::parse::{from_json, ParseError};
-use crate::services::{Entropy, ServiceError, Vsock, VsockSpec};
+use crate::services::{Balloon, BalloonSpec, Entropy, ServiceError, Vsock, VsockSpec};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use thiserror::Error;
@@ -83,10 +83,11 @@ pub struct VmConfig {
     /// `entropy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<Entropy>,
+    /// `balloon`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<Balloon>,
     // Keys of Firecracker's format that this build does not implement: accepted only when
     // empty, so a configuration never silently loses a device it asked for.
-    #[serde(default, skip_serializing)]
-    balloon: Option<serde_json::Value>,
     #[serde(rename = "mmds-config", default, skip_serializing)]
     mmds_config: Option<serde_json::Value>,
     #[serde(rename = "cpu-config", default, skip_serializing)]
@@ -118,6 +119,8 @@ pub struct VmResources {
     pub vsock: Option<VsockSpec>,
     /// Whether the guest has a virtio-rng device.
     pub entropy: bool,
+    /// The balloon, if any.
+    pub balloon: Option<BalloonSpec>,
 }
 
 fn at(path: &str) -> String {
@@ -166,13 +169,17 @@ impl VmConfig {
         if let Some(e) = &self.entropy {
             e.validate()?;
         }
-        refuse_if_set("balloon", &self.balloon)?;
         refuse_if_set("mmds-config", &self.mmds_config)?;
         refuse_if_set("cpu-config", &self.cpu_config)?;
         let (vcpu_count, mem_size_mib) = match &self.machine_config {
             Some(m) => m.validate()?,
             None => (DEFAULT_VCPUS, DEFAULT_MEM_MIB),
         };
+        let balloon = self
+            .balloon
+            .as_ref()
+            .map(|b| b.validate(mem_size_mib))
+            .transpose()?;
         let boot = self.boot_source.as_ref().ok_or(ConfigError::NoBootSource)?;
         if boot.kernel_image_path.is_empty() {
             return Err(ConfigError::EmptyKernelPath);
@@ -199,6 +206,7 @@ impl VmConfig {
             net,
             vsock,
             entropy: self.entropy.is_some(),
+            balloon,
         })
     }
 }

@@ -9,7 +9,7 @@
 //! - [`config`]: the whole configuration (`--config-file`, `GET /vm/config`) and
 //!   [`config::VmResources`], what a valid configuration means.
 //! - [`metrics`]: the metrics line ember writes and emberd reads.
-//! - [`services`]: the guest services' resources (vsock, entropy).
+//! - [`services`]: the guest services' resources (vsock, entropy, balloon).
 //! - [`snapshot`]: the snapshot create and load bodies.
 //! - [`rpc`]: requests from the API to the VMM, and their answers and errors.
 
@@ -34,7 +34,10 @@ pub use metrics::MetricsLine;
 pub use net::{NetSpec, NetworkInterface, NetworkInterfacePatch};
 pub use output::{Logger, Metrics, Serial};
 pub use parse::{from_json, printable, ParseError};
-pub use services::{Entropy, Vsock, VsockSpec};
+pub use services::{
+    Balloon, BalloonSpec, BalloonStats, BalloonStatsUpdate, BalloonUpdate, Entropy, Vsock,
+    VsockSpec,
+};
 pub use vm::{
     ActionType, Fault, InstanceActionInfo, InstanceInfo, InstanceState, Version, Vm, VmState,
 };

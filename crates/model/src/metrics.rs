@@ -1,7 +1,7 @@
 //! The metrics line: one JSON object per line in the metrics file, written by ember and
 //! read by emberd. Each counter is the change since the previous line (Firecracker's
 //! convention); groups are Firecracker's: `api_server`, `block` (all drives) and
-//! `block_<drive id>`, `net` and `net_<iface id>`, `vcpu`, `uart`, `entropy`.
+//! `block_<drive id>`, `net` and `net_<iface id>`, `vcpu`, `uart`, `entropy`, `vsock`.
 //!
 //! Readers are lenient where writers are strict: a missing counter reads as 0 and unknown
 //! groups or counters are ignored, so an emberd reads the lines of an older or newer ember.
@@ -117,6 +117,28 @@ counters!(
     }
 );
 
+counters!(
+    /// The vsock device (Firecracker's names, and two of ember's).
+    VsockMetrics {
+        /// Payload bytes delivered to the guest.
+        rx_bytes_count,
+        /// Payload bytes the guest sent.
+        tx_bytes_count,
+        /// Packets delivered to the guest.
+        rx_packets_count,
+        /// Packets the guest sent.
+        tx_packets_count,
+        /// Connections set up.
+        conns_added,
+        /// Connections reset for an error.
+        conns_killed,
+        /// Resets sent to the guest.
+        rst_sent,
+        /// Malformed packets from the guest.
+        invalid_packets,
+    }
+);
+
 /// One metrics line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetricsLine {
@@ -139,6 +161,8 @@ pub struct MetricsLine {
     pub uart: Option<UartMetrics>,
     /// The entropy device; absent without one.
     pub entropy: Option<EntropyMetrics>,
+    /// The vsock device; absent without one.
+    pub vsock: Option<VsockMetrics>,
 }
 
 impl MetricsLine {
@@ -180,6 +204,9 @@ impl MetricsLine {
             entropy: self
                 .entropy
                 .map(|e| e.since(&before.entropy.unwrap_or_default())),
+            vsock: self
+                .vsock
+                .map(|v| v.since(&before.vsock.unwrap_or_default())),
         }
     }
 }
@@ -219,6 +246,9 @@ impl Serialize for MetricsLine {
         if let Some(e) = &self.entropy {
             m.insert("entropy".into(), to_value(e)?);
         }
+        if let Some(v) = &self.vsock {
+            m.insert("vsock".into(), to_value(v)?);
+        }
         Value::Object(m).serialize(s)
     }
 }
@@ -239,6 +269,7 @@ impl<'de> Deserialize<'de> for MetricsLine {
                 "vcpu" => line.vcpu = Some(group::<_, D::Error>(v)?),
                 "uart" => line.uart = Some(group::<_, D::Error>(v)?),
                 "entropy" => line.entropy = Some(group::<_, D::Error>(v)?),
+                "vsock" => line.vsock = Some(group::<_, D::Error>(v)?),
                 _ => {
                     if let Some(id) = k.strip_prefix("block_") {
                         line.block_devices

@@ -48,6 +48,16 @@ pub enum Request {
     PutVsock(crate::Vsock),
     /// `PUT /entropy`.
     PutEntropy(crate::Entropy),
+    /// `PUT /balloon` (pre-boot).
+    PutBalloon(crate::Balloon),
+    /// `PATCH /balloon` (a running guest).
+    PatchBalloon(crate::BalloonUpdate),
+    /// `GET /balloon`.
+    GetBalloon,
+    /// `GET /balloon/statistics`.
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics`.
+    PatchBalloonStats(crate::BalloonStatsUpdate),
     /// `PUT /snapshot/create` (on a paused guest).
     CreateSnapshot(SnapshotCreateParams),
     /// `PUT /snapshot/load` (before any other configuration).
@@ -67,6 +77,10 @@ pub enum Answer {
     VmConfig(Box<VmConfig>),
     /// `GET /machine-config`.
     MachineConfig(MachineConfig),
+    /// `GET /balloon`.
+    Balloon(crate::Balloon),
+    /// `GET /balloon/statistics`.
+    BalloonStats(crate::BalloonStats),
 }
 
 /// Why the VMM refused or failed a request. Messages are complete sentences for the

@@ -1,5 +1,6 @@
 //! Guest services, Firecracker's resources for them: `vsock` (a socket to the host that
-//! needs no network) and `entropy` (a random-number source), and what a valid one means.
+//! needs no network), `entropy` (a random-number source) and `balloon` (memory the host
+//! takes back), and what a valid one means.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -38,6 +39,116 @@ pub struct Entropy {
     pub rate_limiter: Option<serde_json::Value>,
 }
 
+/// `PUT /balloon`, `GET /balloon`, and the file's `balloon`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Balloon {
+    /// The memory the host asks the guest to give up, MiB.
+    pub amount_mib: u32,
+    /// Whether the guest may take pages back from the balloon when it runs out of memory.
+    pub deflate_on_oom: bool,
+    /// Seconds between statistics reports from the guest; 0 (the default): no statistics.
+    #[serde(default)]
+    pub stats_polling_interval_s: u16,
+}
+
+/// `PATCH /balloon`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonUpdate {
+    /// The new target, MiB.
+    pub amount_mib: u32,
+}
+
+/// `PATCH /balloon/statistics`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStatsUpdate {
+    /// The new interval, seconds (statistics cannot be turned on or off after start).
+    pub stats_polling_interval_s: u16,
+}
+
+/// `GET /balloon/statistics`: the target and what the guest reported (Firecracker's
+/// names; a statistic the guest never reported is absent).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct BalloonStats {
+    /// Pages asked for.
+    pub target_pages: u32,
+    /// Pages in the balloon, as the guest says.
+    pub actual_pages: u32,
+    /// `target_pages` in MiB.
+    pub target_mib: u32,
+    /// `actual_pages` in MiB.
+    pub actual_mib: u32,
+    /// Bytes swapped in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_in: Option<u64>,
+    /// Bytes swapped out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_out: Option<u64>,
+    /// Major page faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major_faults: Option<u64>,
+    /// Minor page faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor_faults: Option<u64>,
+    /// Free memory, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_memory: Option<u64>,
+    /// Total memory, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_memory: Option<u64>,
+    /// Available memory, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_memory: Option<u64>,
+    /// Page cache, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_caches: Option<u64>,
+    /// Huge page allocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugetlb_allocations: Option<u64>,
+    /// Huge page allocation failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hugetlb_failures: Option<u64>,
+}
+
+/// Balloon pages (4 KiB, whatever the guest's page size) per MiB.
+pub const BALLOON_PAGES_PER_MIB: u32 = 256;
+
+/// A validated balloon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalloonSpec {
+    /// Pages asked for from the start.
+    pub target_pages: u32,
+    /// Deflate on OOM.
+    pub deflate_on_oom: bool,
+    /// Statistics interval, seconds (0: none).
+    pub stats_interval_s: u16,
+}
+
+impl Balloon {
+    /// Checks the target against the guest's memory.
+    pub fn validate(&self, mem_size_mib: u64) -> Result<BalloonSpec, ServiceError> {
+        check_balloon_target(self.amount_mib, mem_size_mib)?;
+        Ok(BalloonSpec {
+            target_pages: self.amount_mib.saturating_mul(BALLOON_PAGES_PER_MIB),
+            deflate_on_oom: self.deflate_on_oom,
+            stats_interval_s: self.stats_polling_interval_s,
+        })
+    }
+}
+
+/// A balloon target may be at most the guest's memory.
+pub fn check_balloon_target(amount_mib: u32, mem_size_mib: u64) -> Result<(), ServiceError> {
+    if u64::from(amount_mib) > mem_size_mib {
+        return Err(ServiceError::BalloonTooLarge {
+            amount_mib,
+            mem_size_mib,
+        });
+    }
+    Ok(())
+}
+
 /// A validated vsock device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsockSpec {
@@ -68,6 +179,16 @@ pub enum ServiceError {
     /// A field ember does not implement.
     #[error("{0}: rate_limiter is not supported by ember")]
     RateLimiter(&'static str),
+    /// A balloon bigger than the guest.
+    #[error(
+        "balloon: amount_mib {amount_mib} is more than the guest's memory ({mem_size_mib} MiB)"
+    )]
+    BalloonTooLarge {
+        /// Asked.
+        amount_mib: u32,
+        /// The guest's memory.
+        mem_size_mib: u64,
+    },
 }
 
 impl Vsock {
@@ -141,6 +262,32 @@ mod tests {
         assert!(e.message.contains("uds_path"), "{}", e.message);
         let e = from_json::<Vsock>(br#"{"guest_cid": 3, "uds_path": "/v", "x": 1}"#).unwrap_err();
         assert!(e.message.contains("unknown field"), "{}", e.message);
+    }
+
+    #[test]
+    fn balloon_fields_and_target_rule() {
+        let b: Balloon = from_json(br#"{"amount_mib": 64, "deflate_on_oom": true}"#).unwrap();
+        assert_eq!(b.stats_polling_interval_s, 0);
+        let spec = b.validate(128).unwrap();
+        assert_eq!(spec.target_pages, 64 * 256);
+        let e = b.validate(32).unwrap_err().to_string();
+        assert!(e.contains("amount_mib 64") && e.contains("32 MiB"), "{e}");
+        let e = from_json::<Balloon>(br#"{"amount_mib": 1}"#).unwrap_err();
+        assert!(e.message.contains("deflate_on_oom"), "{}", e.message);
+        let e = from_json::<BalloonUpdate>(br#"{"amount_mib": -1}"#).unwrap_err();
+        assert_eq!(e.path, "amount_mib");
+        let stats = BalloonStats {
+            target_pages: 256,
+            target_mib: 1,
+            free_memory: Some(5),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&stats).unwrap();
+        assert_eq!(v["free_memory"], 5);
+        assert!(
+            v.get("swap_in").is_none(),
+            "unreported statistics are absent"
+        );
     }
 
     #[test]

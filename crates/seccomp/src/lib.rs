@@ -43,11 +43,14 @@ pub enum ThreadKind {
     Vsock,
     /// A virtio-rng device thread: the queue and the host's `getrandom`.
     Entropy,
+    /// A virtio-balloon device thread: the queues, `madvise` on guest memory, and the
+    /// statistics timer.
+    Balloon,
 }
 
 impl ThreadKind {
     /// Every kind, in the order the filter file lists them.
-    pub const ALL: [ThreadKind; 7] = [
+    pub const ALL: [ThreadKind; 8] = [
         Self::Vmm,
         Self::Api,
         Self::Vcpu,
@@ -55,6 +58,7 @@ impl ThreadKind {
         Self::Net,
         Self::Vsock,
         Self::Entropy,
+        Self::Balloon,
     ];
 
     /// The kind's key in a filter file.
@@ -67,6 +71,7 @@ impl ThreadKind {
             Self::Net => "net",
             Self::Vsock => "vsock",
             Self::Entropy => "entropy",
+            Self::Balloon => "balloon",
         }
     }
 }
@@ -171,8 +176,29 @@ static POLICY: OnceLock<Policy> = OnceLock::new();
 pub fn set_policy(policy: Policy) -> Result<(), SeccompError> {
     if !matches!(policy, Policy::Off) {
         sigsys::install().map_err(|e| SeccompError::Handler(e.to_string()))?;
+        prime_allocator();
     }
     POLICY.set(policy).map_err(|_| SeccompError::AlreadySet)
+}
+
+/// glibc's allocator opens `/proc/sys/vm/overcommit_memory` the first time a thread's own
+/// arena gives memory back (`shrink_heap`), and keeps the answer. A confined thread must
+/// not be the first: its filter has no `openat` (seen: the vsock thread freeing a
+/// connection's buffer mid-transfer died of SIGSYS 257). So a short thread does it once,
+/// before any filter: chunks under the mmap threshold come from its arena, and freeing
+/// them leaves a top chunk far above the trim threshold, which makes glibc trim the heap.
+/// Elsewhere (another libc) this is an allocation and a free, nothing more.
+pub fn prime_allocator() {
+    let primed = std::thread::Builder::new()
+        .name("ember_prime".into())
+        .spawn(|| {
+            let chunks: Vec<Vec<u8>> = (0..32).map(|_| vec![1u8; 64 << 10]).collect();
+            drop(chunks);
+        })
+        .map(|t| t.join());
+    if let Err(e) = primed {
+        log::warn!("cannot start the allocator-priming thread: {e}");
+    }
 }
 
 /// The built-in filter of `kind`.

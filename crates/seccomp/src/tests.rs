@@ -127,6 +127,9 @@ fn threads_that_open_nothing_are_killed_when_they_open_a_host_file() {
         ThreadKind::Api,
         ThreadKind::Block,
         ThreadKind::Net,
+        ThreadKind::Vsock,
+        ThreadKind::Entropy,
+        ThreadKind::Balloon,
     ] {
         let status = in_child(&built_in(kind), open_host_file);
         assert!(
@@ -178,6 +181,70 @@ fn only_the_vcpu_filter_allows_kvm_run() {
                 kind.key()
             );
         }
+    }
+}
+
+#[test]
+fn only_vsock_and_vcpu_make_sockets_and_only_unix_ones() {
+    if under_qemu_user() {
+        eprintln!("skipped: seccomp filters cannot be installed under qemu-user");
+        return;
+    }
+    let socket = |domain: libc::c_int| {
+        move || {
+            // SAFETY: socket() takes no pointers; the descriptor is left to the child's exit.
+            let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            i32::from(fd < 0)
+        }
+    };
+    for kind in ThreadKind::ALL {
+        let unix = in_child(&built_in(kind), socket(libc::AF_UNIX));
+        let inet = in_child(&built_in(kind), socket(libc::AF_INET));
+        // The vCPU list holds what the device threads it starts do (filters stack).
+        if matches!(kind, ThreadKind::Vsock | ThreadKind::Vcpu) {
+            assert!(
+                exited_zero(unix),
+                "{}: AF_UNIX refused ({unix:#x})",
+                kind.key()
+            );
+        } else {
+            assert!(
+                killed_by_sigsys(unix),
+                "{}: socket allowed ({unix:#x})",
+                kind.key()
+            );
+        }
+        assert!(
+            killed_by_sigsys(inet),
+            "{}: AF_INET allowed ({inet:#x})",
+            kind.key()
+        );
+    }
+}
+
+#[test]
+fn a_confined_thread_can_free_large_buffers_once_the_allocator_is_primed() {
+    if under_qemu_user() {
+        eprintln!("skipped: seccomp filters cannot be installed under qemu-user");
+        return;
+    }
+    prime_allocator();
+    for kind in ThreadKind::ALL {
+        let churn = || {
+            // The child's one thread is a test-harness thread, with its own arena: growing
+            // and freeing its heap makes glibc trim it.
+            for _ in 0..4 {
+                let chunks: Vec<Vec<u8>> = (0..32).map(|_| vec![2u8; 64 << 10]).collect();
+                drop(chunks);
+            }
+            0
+        };
+        let status = in_child(&built_in(kind), churn);
+        assert!(
+            exited_zero(status),
+            "{}: heap trim refused ({status:#x})",
+            kind.key()
+        );
     }
 }
 

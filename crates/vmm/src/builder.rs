@@ -16,10 +16,12 @@ use arch::{DeviceBus, DevicePlace};
 use devices::i8042::I8042;
 use devices::rtc::RtcDevice;
 use devices::serial::SerialDevice;
+use devices::virtio::balloon::{Balloon, BalloonControl};
 use devices::virtio::block::{Block, CacheType, DiskError, DiskFile, DiskSwap};
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::{Net, NetConfig, Tap, TapError};
 use devices::virtio::rng::Entropy;
+use devices::virtio::vsock::Vsock;
 use devices::virtio::{DevicePause, GuestMemory};
 use devices::{Bus, BusError};
 use linux_loader::cmdline::Cmdline;
@@ -69,6 +71,9 @@ pub enum BuildError {
         /// What is wrong.
         source: TapError,
     },
+    /// The vsock device's socket cannot be bound.
+    #[error("vsock: cannot listen on {0}: {1}")]
+    Vsock(PathBuf, std::io::Error),
     /// A device could not be attached.
     #[error(transparent)]
     Device(#[from] DeviceManagerError),
@@ -229,6 +234,8 @@ pub struct Runtime {
     pub serial: Arc<Mutex<SerialDevice>>,
     /// The RTC, where the architecture has one.
     pub rtc: Option<Arc<Mutex<RtcDevice>>>,
+    /// The balloon's target, the guest's answer and its statistics.
+    pub balloon: Option<Arc<BalloonControl>>,
 }
 
 /// A built, running VM.
@@ -321,6 +328,14 @@ pub fn build_with(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // Bound before the VM is made, so a path that is taken fails early and cheaply.
+    let vsock = match &res.vsock {
+        Some(v) => Some(
+            Vsock::new(v.guest_cid, &v.uds_path)
+                .map_err(|e| BuildError::Vsock(v.uds_path.clone(), e))?,
+        ),
+        None => None,
+    };
     if let Some(root) = res.drives.first().filter(|d| d.is_root) {
         cmdline
             .insert_str(drive_config::root_args(root))
@@ -397,11 +412,33 @@ pub fn build_with(
         sources.net.push((spec.id.clone(), net.counters()));
         device_manager.attach(&vm, &guest_mem, &mut mmio, &mut cmdline, Box::new(net))?;
     }
+    if let Some(vsock) = vsock {
+        // The guest's connections did not survive the snapshot: it is told when the
+        // device restarts.
+        if restore.is_some() {
+            vsock.request_transport_reset();
+        }
+        device_pauses.push(vsock.pause_handle());
+        sources.vsock = Some(vsock.counters());
+        device_manager.attach(&vm, &guest_mem, &mut mmio, &mut cmdline, Box::new(vsock))?;
+    }
     if res.entropy {
         let rng = Entropy::new().map_err(BuildError::EventFd)?;
         device_pauses.push(rng.pause_handle());
         sources.entropy = Some(rng.counters());
         device_manager.attach(&vm, &guest_mem, &mut mmio, &mut cmdline, Box::new(rng))?;
+    }
+    let mut balloon_control = None;
+    if let Some(b) = &res.balloon {
+        let balloon = Balloon::new(
+            b.target_pages,
+            b.deflate_on_oom,
+            u32::from(b.stats_interval_s),
+        )
+        .map_err(BuildError::EventFd)?;
+        device_pauses.push(balloon.pause_handle());
+        balloon_control = Some(balloon.control());
+        device_manager.attach(&vm, &guest_mem, &mut mmio, &mut cmdline, Box::new(balloon))?;
     }
     if let Some(kernel) = &kernel_entry {
         boot::configure_system(
@@ -562,6 +599,7 @@ pub fn build_with(
             transports,
             serial,
             rtc,
+            balloon: balloon_control,
         },
     })
 }
@@ -589,7 +627,8 @@ fn check_layout(state: &MicrovmState, res: &VmResources) -> Result<(), BuildErro
     let devices = res.drives.len()
         + res.net.len()
         + usize::from(res.vsock.is_some())
-        + usize::from(res.entropy);
+        + usize::from(res.entropy)
+        + usize::from(res.balloon.is_some());
     if state.virtio.len() != devices {
         return Err(BuildError::Restore(format!(
             "it has {} virtio devices, its configuration {devices}",

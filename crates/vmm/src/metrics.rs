@@ -7,8 +7,9 @@ use crate::vstate::vcpu::VcpuControl;
 use devices::virtio::block::BlockCounters;
 use devices::virtio::net::NetCounters;
 use devices::virtio::rng::EntropyCounters;
+use devices::virtio::vsock::VsockCounters;
 use model::metrics::{
-    BlockMetrics, EntropyMetrics, MetricsLine, NetMetrics, UartMetrics, VcpuMetrics,
+    BlockMetrics, EntropyMetrics, MetricsLine, NetMetrics, UartMetrics, VcpuMetrics, VsockMetrics,
 };
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -58,6 +59,8 @@ pub struct Sources {
     pub uart_out: Option<Arc<AtomicU64>>,
     /// The entropy device.
     pub entropy: Option<Arc<EntropyCounters>>,
+    /// The vsock device.
+    pub vsock: Option<Arc<VsockCounters>>,
 }
 
 /// Writes metrics lines to a file (or FIFO), keeping the last totals to report changes.
@@ -145,6 +148,18 @@ fn totals(src: &Sources) -> MetricsLine {
             entropy_bytes: get(&c.bytes),
             entropy_event_fails: get(&c.invalid_requests),
             host_rng_fails: get(&c.host_failures),
+        });
+    }
+    if let Some(c) = &src.vsock {
+        line.vsock = Some(VsockMetrics {
+            rx_bytes_count: get(&c.rx_bytes),
+            tx_bytes_count: get(&c.tx_bytes),
+            rx_packets_count: get(&c.rx_packets),
+            tx_packets_count: get(&c.tx_packets),
+            conns_added: get(&c.conns_added),
+            conns_killed: get(&c.conns_killed),
+            rst_sent: get(&c.rst_sent),
+            invalid_packets: get(&c.invalid_packets),
         });
     }
     for v in &src.vcpus {

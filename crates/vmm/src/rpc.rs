@@ -8,9 +8,11 @@ use crate::builder::{self, BuildError, RunOptions, Runtime, Start, Vmm};
 use crate::metrics::{MetricsError, MetricsWriter, RequestCounts, Sources, PERIOD};
 use crate::snapshot;
 use crate::vstate::vcpu;
+use devices::virtio::balloon::BalloonControl;
 use devices::virtio::block::DiskFile;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use model::rpc::{Answer, Outcome, Request, RequestError};
+use model::services::BALLOON_PAGES_PER_MIB;
 use model::{
     drive, net, ActionType, InstanceInfo, InstanceState, Logger, MachineConfig, Version, VmConfig,
     VmResources, VmState,
@@ -383,6 +385,63 @@ impl Controller {
                 self.config.entropy = Some(e);
                 done(Answer::Empty)
             }
+            Request::PutBalloon(b) => {
+                self.pre_boot("balloon")?;
+                self.configured = true;
+                b.validate(self.config.machine().mem_size_mib)
+                    .map_err(model::ConfigError::from)?;
+                self.config.balloon = Some(b);
+                done(Answer::Empty)
+            }
+            Request::PatchBalloon(u) => {
+                let rt = self.running(
+                    "PATCH /balloon is for a running guest; before InstanceStart use PUT",
+                )?;
+                let control = rt.balloon.clone().ok_or_else(no_balloon)?;
+                model::services::check_balloon_target(
+                    u.amount_mib,
+                    self.config.machine().mem_size_mib,
+                )
+                .map_err(model::ConfigError::from)?;
+                control.set_target(u.amount_mib.saturating_mul(BALLOON_PAGES_PER_MIB));
+                if let Some(b) = self.config.balloon.as_mut() {
+                    b.amount_mib = u.amount_mib;
+                }
+                done(Answer::Empty)
+            }
+            Request::GetBalloon => {
+                let b = self.config.balloon.clone().ok_or_else(no_balloon)?;
+                done(Answer::Balloon(b))
+            }
+            Request::GetBalloonStats => {
+                let rt = self.running("the guest has not been started")?;
+                let control = rt.balloon.clone().ok_or_else(no_balloon)?;
+                if control.stats_interval_s() == 0 {
+                    return Err(RequestError::Invalid(
+                        "balloon statistics are not enabled (stats_polling_interval_s is 0)".into(),
+                    ));
+                }
+                done(Answer::BalloonStats(balloon_stats(&control)))
+            }
+            Request::PatchBalloonStats(u) => {
+                let rt = self.running(
+                    "PATCH /balloon/statistics is for a running guest; before InstanceStart \
+                     use PUT /balloon",
+                )?;
+                let control = rt.balloon.clone().ok_or_else(no_balloon)?;
+                let (now, new) = (control.stats_interval_s(), u.stats_polling_interval_s);
+                if (now == 0) != (new == 0) {
+                    return Err(RequestError::Invalid(format!(
+                        "balloon: stats_polling_interval_s cannot go from {now} to {new}: \
+                         statistics are turned on or off only before start"
+                    )));
+                }
+                control.set_stats_interval(u32::from(new));
+                if let Some(b) = self.config.balloon.as_mut() {
+                    b.stats_polling_interval_s = new;
+                }
+                done(Answer::Empty)
+            }
             Request::PutLogger(l) => {
                 self.pre_boot("logger")?;
                 (self.logger)(&l).map_err(RequestError::Invalid)?;
@@ -565,5 +624,31 @@ impl MutEventSubscriber for ApiSubscriber {
                 log::error!("metrics: cannot watch the timer: {e:?}");
             }
         }
+    }
+}
+
+fn no_balloon() -> RequestError {
+    RequestError::Invalid("no balloon device is configured (PUT /balloon before start)".into())
+}
+
+/// The balloon's target and the guest's last report, in the API's shape.
+fn balloon_stats(control: &BalloonControl) -> model::BalloonStats {
+    let (target, actual) = (control.target_pages(), control.actual_pages());
+    let g = control.stats();
+    model::BalloonStats {
+        target_pages: target,
+        actual_pages: actual,
+        target_mib: target / BALLOON_PAGES_PER_MIB,
+        actual_mib: actual / BALLOON_PAGES_PER_MIB,
+        swap_in: g.swap_in,
+        swap_out: g.swap_out,
+        major_faults: g.major_faults,
+        minor_faults: g.minor_faults,
+        free_memory: g.free_memory,
+        total_memory: g.total_memory,
+        available_memory: g.available_memory,
+        disk_caches: g.disk_caches,
+        hugetlb_allocations: g.hugetlb_allocations,
+        hugetlb_failures: g.hugetlb_failures,
     }
 }

@@ -8,6 +8,7 @@
 //! signal through (a KVM irqfd), and the device does its work on its own thread: a vCPU
 //! thread never runs device code beyond a register access.
 
+pub mod balloon;
 pub mod block;
 mod device_thread;
 pub mod event_loop;
@@ -16,9 +17,9 @@ pub mod mmio;
 pub mod net;
 pub mod pause;
 pub mod rng;
-pub mod vsock;
 #[cfg(test)]
 mod test_ring;
+pub mod vsock;
 
 pub use device_thread::{read_config_bytes, DeviceThread};
 pub use event_loop::DeviceEvents;
