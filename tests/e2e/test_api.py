@@ -172,7 +172,13 @@ def test_api_bad_input_gets_clear_errors_and_the_server_keeps_serving(ctx):
         ("PATCH", "/drives/x", b'{"drive_id": "x", "path_on_host": "/y"}', 400, "running guest"),
         ("PUT", "/nowhere", b'{}', 400, "invalid request path"),
         ("GET", "/actions", None, 405, "use PUT"),
-        ("PUT", "/vsock", b'{}', 400, "not supported"),
+        ("PUT", "/mmds", b'{}', 400, "not supported"),
+        ("PUT", "/vsock", b'{"guest_cid": 3}', 400, "uds_path"),
+        ("PUT", "/vsock", b'{"guest_cid": 1, "uds_path": "/v"}', 400, "at least 3"),
+        ("PUT", "/entropy", b'{"rate_limiter": {}}', 400, "rate_limiter is not supported"),
+        ("PUT", "/balloon", b'{"amount_mib": 1}', 400, "deflate_on_oom"),
+        ("GET", "/balloon/statistics", None, 400, "not been started"),
+        ("PATCH", "/balloon", b'{"amount_mib": 1}', 400, "running guest"),
         ("PUT", "/boot-source", b'{"kernel_image_path": "/k", "x": "' + b"a" * 2000 + b'"}', 400, "larger than the limit"),
     ]
     for method, path, raw, status, needle in cases:
