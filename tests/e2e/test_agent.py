@@ -22,9 +22,17 @@ from framework.net import sh
 
 pytestmark = pytest.mark.emulated_flaky
 
-# The guest: prints its user data (its second drive); on its first boot it writes a marker
-# to its root volume; on a later boot it says it found it. Then it idles until stopped.
-MARKER_CMD = ("echo UD=$(head -c 64 /dev/vdb | tr -d '\\000'); if [ -f /marker ]; then echo SEEN-MARKER $(cat /marker); else "
+# The guest: prints its metadata, read from MMDS (V2: a session token first, raw HTTP over
+# busybox's nc), and its user data (its second drive); on its first boot it writes a
+# marker to its root volume; on a later boot it says it found it. Then it idles until
+# stopped.
+MMDS_CMD = ("M=169.254.169.254; ip route add $M dev eth0 2>/dev/null; "
+            "T=$(printf 'PUT /latest/api/token HTTP/1.1\\r\\nX-metadata-token-ttl-seconds: 60\\r\\n"
+            "Connection: close\\r\\n\\r\\n' | nc $M 80 | tail -n 1); "
+            "for k in meta-data/instance-id meta-data/local-ipv4 user-data; do echo MD $k "
+            "$(printf 'GET /latest/%s HTTP/1.1\\r\\nX-metadata-token: %s\\r\\nConnection: close"
+            "\\r\\n\\r\\n' $k $T | nc $M 80 | tail -n 1); done; ")
+MARKER_CMD = (MMDS_CMD + "echo UD=$(head -c 64 /dev/vdb | tr -d '\\000'); if [ -f /marker ]; then echo SEEN-MARKER $(cat /marker); else "
               "echo run-1 > /marker; sync; echo WROTE-MARKER; fi; sleep 100000")
 
 
@@ -44,6 +52,10 @@ def test_agent_lifecycle_stop_start_keeps_data_terminate_frees_everything(ctx, e
     expect(inst["state"] == "running", f"run returned {inst['state']}")
     agent.wait_console(iid, "WROTE-MARKER")
     agent.wait_console(iid, "UD=hello-from-user-data")
+    # EC2's metadata, from inside the guest, through MMDS.
+    agent.wait_console(iid, f"MD meta-data/instance-id {iid}")
+    agent.wait_console(iid, f"MD meta-data/local-ipv4 {inst['ip']}")
+    agent.wait_console(iid, "MD user-data hello-from-user-data")
     # The same client token: the same instance, no new one.
     again = agent.ctl_json("run", "--image", image, "--client-token", "tok-1", "--no-wait")
     expect([i["id"] for i in again["instances"]] == [iid], f"idempotent run: {again}")

@@ -2,19 +2,26 @@
 streams both ways through Firecracker's Unix-socket backend (`CONNECT <port>` from the
 host, `<uds_path>_<port>` for the guest's connections to the host), hashed at both ends,
 a port nobody listens on, many short connections in a row; the balloon: memory the guest
-gives up leaves ember's RSS, its statistics, deflate on OOM; bad configurations refused."""
+gives up leaves ember's RSS, its statistics, deflate on OOM; MMDS V1 and V2 from inside
+the guest (raw HTTP over busybox's nc) beside ordinary traffic on the same interface; bad
+configurations refused."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
+import subprocess
 import time
 
 import pytest
 
 from framework.api import call, expect_status, start_api_ember
 from framework.common import expect
+from framework.disk import image_with_file
+from framework.net import GUEST_IP, HOST_IP, netns_exec, sh, tap
+from framework.vm import VmProcess
 from framework.vm import (HEARTBEAT, READY, drive, guest_cmdline, run_ember_expecting_error,
                           start_ember, vm_config, wait_or_stall)
 
@@ -273,4 +280,109 @@ def test_balloon_inflate_returns_memory_stats_and_deflate_on_oom(ctx):
     wait_or_stall(ctx, vm, "ALLOC-OK", timeout=300)
     stats = wait_actual(sock, vm, lambda s: s["actual_mib"] < 200, "deflate on OOM")
     expect(stats["target_mib"] == 200, f"{stats}")
+    vm.kill()
+
+
+# The guest's half of the MMDS case: raw HTTP with busybox's nc (no curl in the guest),
+# each answer line tagged for the test to find. $1: the version under test.
+MMDS_GUEST = r"""
+M=169.254.169.254
+ip route add $M dev eth0 2>/dev/null
+q() { printf "%s %s HTTP/1.1\r\nHost: $M\r\n$3Connection: close\r\n\r\n" "$1" "$2" | nc $M 80; }
+if [ "$1" = V1 ]; then
+  q GET /latest/meta-data/instance-id '' | tail -n 1 | sed 's/^/V1-ID /'; echo
+  echo SCRIPT-DONE; exit 0
+fi
+T=$(q PUT /latest/api/token 'X-metadata-token-ttl-seconds: 60\r\n' | tail -n 1)
+echo "TOKEN-LEN ${#T}"
+q GET /latest/meta-data/ '' | head -n 1 | sed 's/^/NOTOKEN /'
+q GET /latest/meta-data/ "X-metadata-token: $T\r\n" | sed 's/^/TEXT /'; echo
+q GET /latest/meta-data/placement/availability-zone "X-metadata-token: $T\r\n" | tail -n 1 | sed 's/^/ZONE /'; echo
+q GET /latest/meta-data/ "X-metadata-token: $T\r\nAccept: application/json\r\n" | tail -n 1 | sed 's/^/JSON /'; echo
+S=$(q PUT /latest/api/token 'X-metadata-token-ttl-seconds: 1\r\n' | tail -n 1)
+sleep 2
+q GET /latest/meta-data/ "X-metadata-token: $S\r\n" | head -n 1 | sed 's/^/EXPIRED /'
+echo WAITING-FOR-PATCH
+i=0
+while [ $i -lt 240 ]; do
+  R=$(q GET /latest/meta-data/patched "X-metadata-token: $T\r\n" | tail -n 1)
+  case "$R" in yes*) echo "PATCHED $R"; break;; esac
+  i=$((i+1)); sleep 0.5
+done
+ping -c 2 -W 5 172.30.0.1 >/dev/null && echo PING-OK
+echo tcp-beside-mmds | nc 172.30.0.1 7777
+echo SCRIPT-DONE
+sleep 60
+"""
+
+METADATA = {"latest": {"meta-data": {"instance-id": "i-0123456789abcdef0",
+                                     "local-ipv4": GUEST_IP,
+                                     "placement": {"availability-zone": "ember-1a"}},
+                       "user-data": "#!/bin/sh\necho hello"}}
+
+
+def mmds_vm(ctx, ns: str, name: str, version: str) -> tuple[VmProcess, str]:
+    """A guest on tap0 in `ns` whose eth0 serves MMDS `version`, its data from
+    `--metadata`, with the API on a socket too."""
+    img = image_with_file(ctx, name, MMDS_GUEST.encode())
+    cfg = vm_config(ctx, initrd=False, mode="run", extra_args=(
+        f'ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off '
+        f'ember_cmd="{HEARTBEAT}sh /host-file.txt {version}"'))
+    cfg["drives"] = [drive("rootfs", img, root=True, ro=True)]
+    cfg["network-interfaces"] = [{"iface_id": "eth0", "host_dev_name": "tap0",
+                                  "guest_mac": "06:00:ac:1e:00:02"}]
+    cfg["mmds-config"] = {"version": version, "network_interfaces": ["eth0"]}
+    path = ctx.work / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    meta = ctx.work / f"{name}-meta.json"
+    meta.write_text(json.dumps(METADATA))
+    sock = str(ctx.work / f"{name}.sock")
+    vm = VmProcess(name, [str(ctx.ember), "--api-sock", sock, "--config-file", str(path),
+                          "--metadata", str(meta)], ctx.work, pre=netns_exec(ns))
+    vm.wait_for(READY, timeout=300)
+    return vm, sock
+
+
+def test_mmds_v1_and_v2_from_the_guest_beside_ordinary_traffic(ctx, netns):
+    ns = netns
+    tap(ns, "tap0", f"{HOST_IP}/24")
+    vm, _ = mmds_vm(ctx, ns, "mmds1", "V1")
+    m = wait_or_stall(ctx, vm, r"V1-ID (\S+)", timeout=120)
+    expect(m.group(1) == "i-0123456789abcdef0", f"V1 without a token: {m.group(0)!r}")
+    wait_or_stall(ctx, vm, "SCRIPT-DONE", timeout=60)
+    vm.kill()
+
+    # The host end of the TCP check, listening before the guest gets there.
+    peer = subprocess.Popen(netns_exec(ns) + ["python3", "-c", (
+        "import socket; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, "
+        "socket.SO_REUSEADDR, 1); s.bind(('%s', 7777)); s.listen(1); s.settimeout(600); "
+        "c, _ = s.accept(); print(c.recv(100).decode().strip(), flush=True)" % HOST_IP)],
+        stdout=subprocess.PIPE, text=True)
+    vm, sock = mmds_vm(ctx, ns, "mmds2", "V2")
+    n = wait_or_stall(ctx, vm, r"TOKEN-LEN (\d+)", timeout=120).group(1)
+    expect(int(n) >= 16, f"V2 token of {n} characters")
+    line = wait_or_stall(ctx, vm, r"NOTOKEN (.*)", timeout=60).group(1)
+    expect(" 401 " in line, f"V2 without a token: {line!r}")
+    wait_or_stall(ctx, vm, r"TEXT instance-id", timeout=60)
+    wait_or_stall(ctx, vm, r"TEXT placement/", timeout=60)
+    zone = wait_or_stall(ctx, vm, r"ZONE (\S+)", timeout=60).group(1)
+    expect(zone == "ember-1a", f"availability-zone {zone!r}")
+    js = wait_or_stall(ctx, vm, r"JSON (\{.*\})", timeout=60).group(1)
+    expect(json.loads(js) == METADATA["latest"]["meta-data"], f"JSON format: {js}")
+    line = wait_or_stall(ctx, vm, r"EXPIRED (.*)", timeout=60).group(1)
+    expect(" 401 " in line, f"an expired token: {line!r}")
+    wait_or_stall(ctx, vm, "WAITING-FOR-PATCH", timeout=60)
+    expect_status(call(sock, "PATCH", "/mmds", {"latest": {"meta-data": {"patched": "yes"}}}),
+                  204)
+    wait_or_stall(ctx, vm, r"PATCHED yes", timeout=180)
+    code, data = call(sock, "GET", "/mmds")
+    expect(code == 200 and data["latest"]["meta-data"]["patched"] == "yes", f"{code} {data}")
+    expect_status(call(sock, "PUT", "/mmds", [1, 2]), 400, "object")
+    wait_or_stall(ctx, vm, "PING-OK", timeout=60)
+    out, _ = peer.communicate(timeout=120)
+    expect(out.strip() == "tcp-beside-mmds", f"TCP to the tap carried {out!r}")
+    wait_or_stall(ctx, vm, "SCRIPT-DONE", timeout=60)
+    r = sh("ip", "netns", "exec", ns, "busybox", "ping", "-c", "2", "-W", "5", GUEST_IP,
+           check=False)
+    expect(r.returncode == 0, f"host could not ping the guest: {r.stdout}{r.stderr}")
     vm.kill()

@@ -13,7 +13,8 @@ use std::time::Duration;
 struct Args {
     /// A JSON file with any of `socket`, `state_dir`, `bridge`, `subnet`, `ember`,
     /// `stop_timeout`, `run_dir`, `sample_interval`, `jailer`, `chroot_base_dir`,
-    /// `uid_range`, `memory_overhead_mib`; flags given on the command line win.
+    /// `uid_range`, `memory_overhead_mib`, `availability_zone`; flags given on the command
+    /// line win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The API socket.
@@ -55,6 +56,9 @@ struct Args {
     /// memory plus this), in MiB.
     #[arg(long, default_value_t = 64)]
     memory_overhead_mib: u64,
+    /// The availability zone instances see in their metadata.
+    #[arg(long, default_value = "ember-1a")]
+    availability_zone: String,
 }
 
 /// `START-END` with END - START + 1 >= 256 (one uid per address of the /24), START > 0.
@@ -92,6 +96,7 @@ struct FileConfig {
     chroot_base_dir: Option<PathBuf>,
     uid_range: Option<String>,
     memory_overhead_mib: Option<u64>,
+    availability_zone: Option<String>,
 }
 
 /// Applies the config file under the flags the user gave explicitly.
@@ -103,6 +108,9 @@ fn merge(mut args: Args, matches: &clap::ArgMatches) -> Result<Args, String> {
     let f: FileConfig =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    if let (Some(v), false) = (f.availability_zone, given("availability_zone")) {
+        args.availability_zone = v;
+    }
     if let (Some(v), false) = (f.socket, given("socket")) {
         args.socket = v;
     }
@@ -203,6 +211,7 @@ async fn serve(args: Args) -> Result<(), String> {
         stop_timeout: Duration::from_secs(args.stop_timeout),
         run_dir: args.run_dir,
         sample_interval: Duration::from_secs(args.sample_interval),
+        availability_zone: args.availability_zone,
     };
     let agent = Agent::open(settings).map_err(|e| e.to_string())?;
     agent.setup_network().map_err(|e| e.to_string())?;

@@ -16,7 +16,7 @@ pub enum ParsedRequest {
 }
 
 /// Resources of Firecracker's API that ember does not implement.
-const NOT_IMPLEMENTED: &[&str] = &["balloon", "mmds", "cpu-config", "hotplug", "serial"];
+const NOT_IMPLEMENTED: &[&str] = &["cpu-config", "hotplug", "serial"];
 
 /// A label for the path, for per-path request counters (ids left out).
 pub fn path_label(path: &str) -> &'static str {
@@ -38,6 +38,8 @@ pub fn path_label(path: &str) -> &'static str {
         ("entropy", false) => "entropy",
         ("balloon", false) => "balloon",
         ("balloon", true) => "balloon_statistics",
+        ("mmds", false) => "mmds",
+        ("mmds", true) => "mmds_config",
         _ => "other",
     }
 }
@@ -133,6 +135,15 @@ fn route_parsed(req: Request) -> Result<VmmRequest, Response> {
             Get => VmmRequest::GetBalloonStats,
             Patch => VmmRequest::PatchBalloonStats(body(&raw)?),
             Put => return wrong_method("GET or PATCH"),
+        },
+        "/mmds" => match m {
+            Get => VmmRequest::GetMmds,
+            Put => VmmRequest::PutMmds(body(&raw)?),
+            Patch => VmmRequest::PatchMmds(body(&raw)?),
+        },
+        "/mmds/config" => match m {
+            Put => VmmRequest::PutMmdsConfig(body(&raw)?),
+            _ => return wrong_method("PUT"),
         },
         "/entropy" => match m {
             Put => VmmRequest::PutEntropy(body(&raw)?),

@@ -460,6 +460,7 @@ pub fn to_response(outcome: Outcome) -> Response {
         Ok(Answer::MachineConfig(m)) => Response::json(&m),
         Ok(Answer::Balloon(b)) => Response::json(&b),
         Ok(Answer::BalloonStats(s)) => Response::json(&s),
+        Ok(Answer::Mmds(v)) => Response::json(&v),
         Err(e) => Response::fault(status_of(&e), e.to_string()),
     }
 }

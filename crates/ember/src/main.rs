@@ -71,11 +71,16 @@ struct Args {
     /// Run every thread without a seccomp filter (for debugging; not for untrusted guests).
     #[arg(long = "no-seccomp")]
     no_seccomp: bool,
+    /// The largest MMDS data store, bytes of its JSON (Firecracker's default).
+    #[arg(long = "mmds-size-limit", value_name = "BYTES", default_value_t = mmds::DEFAULT_SIZE_LIMIT)]
+    mmds_size_limit: usize,
+    /// A JSON file to fill MMDS's data with at start.
+    #[arg(long = "metadata", value_name = "PATH")]
+    metadata: Option<PathBuf>,
     /// Firecracker flags ember does not implement: refused by name.
     #[arg(long = "boot-timer", hide = true)]
     boot_timer: bool,
-    #[arg(long = "mmds-size-limit", hide = true, value_name = "BYTES")]
-    mmds_size_limit: Option<String>,
+
     #[arg(long = "snapshot-version", hide = true)]
     snapshot_version: bool,
     #[arg(long = "describe-snapshot", hide = true, value_name = "PATH")]
@@ -89,7 +94,6 @@ impl Args {
     fn unsupported_flag(&self) -> Option<&'static str> {
         [
             (self.boot_timer, "--boot-timer"),
-            (self.mmds_size_limit.is_some(), "--mmds-size-limit"),
             (self.snapshot_version, "--snapshot-version"),
             (self.describe_snapshot.is_some(), "--describe-snapshot"),
             (self.enable_pci, "--enable-pci"),
@@ -174,9 +178,12 @@ fn run(args: Args) -> Result<(), String> {
     };
     let mut ctl = vmm::rpc::Controller::new(&args.id, base, Box::new(logger::configure));
     ctl.apply_outputs()?;
+    let store = mmds_store(&args)?;
+    ctl.set_mmds_store(store.clone());
 
     let start = args.start_time_us;
     let mut opts = vmm::RunOptions {
+        mmds: store,
         console_input: console_input(),
         on_first_run: Some(Box::new(move || {
             let now = monotonic_us();
@@ -230,6 +237,21 @@ fn run(args: Args) -> Result<(), String> {
     let end = vmm.run_until_end().map_err(|e| e.to_string());
     api.lock().unwrap_or_else(|p| p.into_inner()).final_flush();
     end
+}
+
+/// MMDS's data store: `--mmds-size-limit`, filled from `--metadata` if given.
+fn mmds_store(args: &Args) -> Result<std::sync::Arc<std::sync::Mutex<mmds::MmdsStore>>, String> {
+    let mut store = mmds::MmdsStore::new(args.mmds_size_limit);
+    if let Some(path) = &args.metadata {
+        let text =
+            std::fs::read(path).map_err(|e| format!("--metadata {}: {e}", path.display()))?;
+        let value: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| format!("--metadata {}: invalid JSON: {e}", path.display()))?;
+        store
+            .put(value)
+            .map_err(|e| format!("--metadata {}: {e}", path.display()))?;
+    }
+    Ok(std::sync::Arc::new(std::sync::Mutex::new(store)))
 }
 
 fn main() -> ExitCode {

@@ -8,7 +8,9 @@ use crate::machine::{MachineConfig, MachineConfigError, DEFAULT_MEM_MIB, DEFAULT
 use crate::net::{self, NetError, NetSpec, NetworkInterface};
 use crate::output::{Logger, Metrics, Serial};
 use crate::parse::{from_json, ParseError};
-use crate::services::{Balloon, BalloonSpec, Entropy, ServiceError, Vsock, VsockSpec};
+use crate::services::{
+    Balloon, BalloonSpec, Entropy, MmdsConfig, MmdsSpec, ServiceError, Vsock, VsockSpec,
+};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use thiserror::Error;
@@ -86,10 +88,15 @@ pub struct VmConfig {
     /// `balloon`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<Balloon>,
+    /// `mmds-config`.
+    #[serde(
+        rename = "mmds-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mmds_config: Option<MmdsConfig>,
     // Keys of Firecracker's format that this build does not implement: accepted only when
     // empty, so a configuration never silently loses a device it asked for.
-    #[serde(rename = "mmds-config", default, skip_serializing)]
-    mmds_config: Option<serde_json::Value>,
     #[serde(rename = "cpu-config", default, skip_serializing)]
     cpu_config: Option<serde_json::Value>,
 }
@@ -121,6 +128,8 @@ pub struct VmResources {
     pub entropy: bool,
     /// The balloon, if any.
     pub balloon: Option<BalloonSpec>,
+    /// MMDS, if configured.
+    pub mmds: Option<MmdsSpec>,
 }
 
 fn at(path: &str) -> String {
@@ -169,7 +178,12 @@ impl VmConfig {
         if let Some(e) = &self.entropy {
             e.validate()?;
         }
-        refuse_if_set("mmds-config", &self.mmds_config)?;
+        let ifaces: Vec<&str> = net.iter().map(|n| n.id.as_str()).collect();
+        let mmds = self
+            .mmds_config
+            .as_ref()
+            .map(|m| m.validate(&ifaces))
+            .transpose()?;
         refuse_if_set("cpu-config", &self.cpu_config)?;
         let (vcpu_count, mem_size_mib) = match &self.machine_config {
             Some(m) => m.validate()?,
@@ -207,6 +221,7 @@ impl VmConfig {
             vsock,
             entropy: self.entropy.is_some(),
             balloon,
+            mmds,
         })
     }
 }

@@ -9,7 +9,7 @@
 //! - [`config`]: the whole configuration (`--config-file`, `GET /vm/config`) and
 //!   [`config::VmResources`], what a valid configuration means.
 //! - [`metrics`]: the metrics line ember writes and emberd reads.
-//! - [`services`]: the guest services' resources (vsock, entropy, balloon).
+//! - [`services`]: the guest services' resources (vsock, entropy, balloon, MMDS).
 //! - [`snapshot`]: the snapshot create and load bodies.
 //! - [`rpc`]: requests from the API to the VMM, and their answers and errors.
 
@@ -35,8 +35,8 @@ pub use net::{NetSpec, NetworkInterface, NetworkInterfacePatch};
 pub use output::{Logger, Metrics, Serial};
 pub use parse::{from_json, printable, ParseError};
 pub use services::{
-    Balloon, BalloonSpec, BalloonStats, BalloonStatsUpdate, BalloonUpdate, Entropy, Vsock,
-    VsockSpec,
+    Balloon, BalloonSpec, BalloonStats, BalloonStatsUpdate, BalloonUpdate, Entropy, MmdsConfig,
+    MmdsSpec, MmdsVersion, Vsock, VsockSpec,
 };
 pub use vm::{
     ActionType, Fault, InstanceActionInfo, InstanceInfo, InstanceState, Version, Vm, VmState,

@@ -58,6 +58,14 @@ pub enum Request {
     GetBalloonStats,
     /// `PATCH /balloon/statistics`.
     PatchBalloonStats(crate::BalloonStatsUpdate),
+    /// `PUT /mmds/config` (pre-boot).
+    PutMmdsConfig(crate::MmdsConfig),
+    /// `PUT /mmds`: the whole metadata.
+    PutMmds(serde_json::Value),
+    /// `PATCH /mmds`: a JSON merge patch.
+    PatchMmds(serde_json::Value),
+    /// `GET /mmds`.
+    GetMmds,
     /// `PUT /snapshot/create` (on a paused guest).
     CreateSnapshot(SnapshotCreateParams),
     /// `PUT /snapshot/load` (before any other configuration).
@@ -81,6 +89,8 @@ pub enum Answer {
     Balloon(crate::Balloon),
     /// `GET /balloon/statistics`.
     BalloonStats(crate::BalloonStats),
+    /// `GET /mmds`.
+    Mmds(serde_json::Value),
 }
 
 /// Why the VMM refused or failed a request. Messages are complete sentences for the

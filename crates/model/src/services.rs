@@ -149,6 +149,82 @@ pub fn check_balloon_target(amount_mib: u32, mem_size_mib: u64) -> Result<(), Se
     Ok(())
 }
 
+/// MMDS versions: V1 answers any GET, V2 needs a session token (`PUT /latest/api/token`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+pub enum MmdsVersion {
+    /// Requests need no token.
+    #[default]
+    V1,
+    /// Requests need a session token.
+    V2,
+}
+
+/// The address MMDS answers on when `ipv4_address` is not given.
+pub const MMDS_DEFAULT_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 169, 254);
+
+/// `PUT /mmds/config`, and the file's `mmds-config`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MmdsConfig {
+    /// V1 (the default) or V2.
+    #[serde(default)]
+    pub version: MmdsVersion,
+    /// The interfaces whose guest traffic to the address reaches MMDS.
+    pub network_interfaces: Vec<String>,
+    /// A link-local address (169.254.1.0 to 169.254.254.255); 169.254.169.254 by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<String>,
+    /// Firecracker's EC2 IMDS compatibility switch; refused when true (not implemented).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imds_compat: Option<bool>,
+}
+
+/// A validated MMDS configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MmdsSpec {
+    /// The version.
+    pub version: MmdsVersion,
+    /// The interface ids it serves.
+    pub network_interfaces: Vec<String>,
+    /// Its address.
+    pub ipv4_address: std::net::Ipv4Addr,
+}
+
+impl MmdsConfig {
+    /// Checks the address and that every interface named is among `ifaces`.
+    pub fn validate(&self, ifaces: &[&str]) -> Result<MmdsSpec, ServiceError> {
+        if self.imds_compat == Some(true) {
+            return Err(ServiceError::Unsupported("mmds-config: imds_compat"));
+        }
+        if self.network_interfaces.is_empty() {
+            return Err(ServiceError::MmdsNoInterface);
+        }
+        for id in &self.network_interfaces {
+            if !ifaces.contains(&id.as_str()) {
+                return Err(ServiceError::MmdsUnknownInterface(id.clone()));
+            }
+        }
+        let ipv4_address = match &self.ipv4_address {
+            None => MMDS_DEFAULT_ADDRESS,
+            Some(text) => {
+                let a: std::net::Ipv4Addr = text
+                    .parse()
+                    .map_err(|_| ServiceError::MmdsAddress(text.clone()))?;
+                let [o1, o2, o3, _] = a.octets();
+                if o1 != 169 || o2 != 254 || o3 == 0 || o3 == 255 {
+                    return Err(ServiceError::MmdsAddress(text.clone()));
+                }
+                a
+            }
+        };
+        Ok(MmdsSpec {
+            version: self.version,
+            network_interfaces: self.network_interfaces.clone(),
+            ipv4_address,
+        })
+    }
+}
+
 /// A validated vsock device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsockSpec {
@@ -179,6 +255,20 @@ pub enum ServiceError {
     /// A field ember does not implement.
     #[error("{0}: rate_limiter is not supported by ember")]
     RateLimiter(&'static str),
+    /// Something Firecracker has that ember does not implement.
+    #[error("{0} is not supported by ember")]
+    Unsupported(&'static str),
+    /// MMDS on no interface.
+    #[error("mmds-config: network_interfaces must name at least one interface")]
+    MmdsNoInterface,
+    /// MMDS on an interface that is not configured.
+    #[error(
+        "mmds-config: network interface {0:?} is not configured (PUT /network-interfaces first)"
+    )]
+    MmdsUnknownInterface(String),
+    /// An address outside the link-local range MMDS may use.
+    #[error("mmds-config: ipv4_address {0:?} is not a link-local address in 169.254.1.0 to 169.254.254.255")]
+    MmdsAddress(String),
     /// A balloon bigger than the guest.
     #[error(
         "balloon: amount_mib {amount_mib} is more than the guest's memory ({mem_size_mib} MiB)"
@@ -288,6 +378,34 @@ mod tests {
             v.get("swap_in").is_none(),
             "unreported statistics are absent"
         );
+    }
+
+    #[test]
+    fn mmds_config_rules() {
+        let c: MmdsConfig = from_json(br#"{"network_interfaces": ["eth0"]}"#).unwrap();
+        let spec = c.validate(&["eth0"]).unwrap();
+        assert_eq!(spec.version, MmdsVersion::V1);
+        assert_eq!(spec.ipv4_address, MMDS_DEFAULT_ADDRESS);
+        let e = c.validate(&["eth1"]).unwrap_err().to_string();
+        assert!(e.contains("\"eth0\" is not configured"), "{e}");
+        let v2: MmdsConfig = from_json(
+            br#"{"version": "V2", "network_interfaces": ["e"], "ipv4_address": "169.254.1.2"}"#,
+        )
+        .unwrap();
+        assert_eq!(v2.validate(&["e"]).unwrap().version, MmdsVersion::V2);
+        for bad in ["10.0.0.1", "169.254.0.1", "169.254.255.1", "nope"] {
+            let c = MmdsConfig {
+                ipv4_address: Some(bad.into()),
+                ..v2.clone()
+            };
+            let e = c.validate(&["e"]).unwrap_err().to_string();
+            assert!(e.contains("link-local"), "{bad}: {e}");
+        }
+        let e =
+            from_json::<MmdsConfig>(br#"{"version": "V3", "network_interfaces": []}"#).unwrap_err();
+        assert_eq!(e.path, "version");
+        let none: MmdsConfig = from_json(br#"{"network_interfaces": []}"#).unwrap();
+        assert_eq!(none.validate(&[]), Err(ServiceError::MmdsNoInterface));
     }
 
     #[test]

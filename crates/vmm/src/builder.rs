@@ -19,7 +19,7 @@ use devices::serial::SerialDevice;
 use devices::virtio::balloon::{Balloon, BalloonControl};
 use devices::virtio::block::{Block, CacheType, DiskError, DiskFile, DiskSwap};
 use devices::virtio::mmio::MmioTransport;
-use devices::virtio::net::{Net, NetConfig, Tap, TapError};
+use devices::virtio::net::{MmdsPort, Net, NetConfig, Tap, TapError};
 use devices::virtio::rng::Entropy;
 use devices::virtio::vsock::Vsock;
 use devices::virtio::{DevicePause, GuestMemory};
@@ -124,6 +124,8 @@ pub struct RunOptions {
     pub on_first_run: Option<FirstRunHook>,
     /// Where the guest's console input comes from (ember passes its stdin).
     pub console_input: Option<File>,
+    /// MMDS's data, served by the interfaces `mmds-config` names.
+    pub mmds: Arc<Mutex<mmds::MmdsStore>>,
 }
 
 /// Puts a platform device on the bus its architecture gives it.
@@ -407,7 +409,22 @@ pub fn build_with(
             mac: spec.mac,
             mtu: spec.mtu,
         };
-        let net = Net::new(&cfg, tap).map_err(BuildError::EventFd)?;
+        let port = match res
+            .mmds
+            .as_ref()
+            .filter(|m| m.network_interfaces.contains(&spec.id))
+        {
+            Some(m) => {
+                let version = match m.version {
+                    model::MmdsVersion::V1 => mmds::Version::V1,
+                    model::MmdsVersion::V2 => mmds::Version::V2,
+                };
+                let stack = mmds::MmdsStack::new(m.ipv4_address, opts.mmds.clone(), version);
+                Some(MmdsPort::new(stack).map_err(BuildError::EventFd)?)
+            }
+            None => None,
+        };
+        let net = Net::new(&cfg, tap, port).map_err(BuildError::EventFd)?;
         device_pauses.push(net.pause_handle());
         sources.net.push((spec.id.clone(), net.counters()));
         device_manager.attach(&vm, &guest_mem, &mut mmio, &mut cmdline, Box::new(net))?;

@@ -11,6 +11,7 @@ use crate::vstate::vcpu;
 use devices::virtio::balloon::BalloonControl;
 use devices::virtio::block::DiskFile;
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use mmds::MmdsStore;
 use model::rpc::{Answer, Outcome, Request, RequestError};
 use model::services::BALLOON_PAGES_PER_MIB;
 use model::{
@@ -19,6 +20,7 @@ use model::{
 };
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -85,6 +87,8 @@ pub struct Controller {
     /// A pre-boot resource other than the logger and metrics was configured: a snapshot
     /// can no longer be loaded (Firecracker's rule).
     configured: bool,
+    /// MMDS's data: the API writes it, the net devices that serve MMDS read it.
+    mmds: Arc<Mutex<MmdsStore>>,
 }
 
 /// The id in a request's path must be the body's.
@@ -144,7 +148,23 @@ impl Controller {
             api_counters: None,
             logger,
             configured: false,
+            mmds: Arc::new(Mutex::new(MmdsStore::default())),
         }
+    }
+
+    /// Uses `store` for MMDS's data (ember makes it with `--mmds-size-limit` and fills it
+    /// from `--metadata`); the builder hands the same store to the net devices.
+    pub fn set_mmds_store(&mut self, store: Arc<Mutex<MmdsStore>>) {
+        self.mmds = store;
+    }
+
+    /// MMDS's data.
+    pub fn mmds_store(&self) -> Arc<Mutex<MmdsStore>> {
+        self.mmds.clone()
+    }
+
+    fn mmds_lock(&self) -> std::sync::MutexGuard<'_, MmdsStore> {
+        self.mmds.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The API's request counters, reported in the metrics.
@@ -441,6 +461,35 @@ impl Controller {
                     b.stats_polling_interval_s = new;
                 }
                 done(Answer::Empty)
+            }
+            Request::PutMmdsConfig(c) => {
+                self.pre_boot("mmds-config")?;
+                self.configured = true;
+                let ifaces: Vec<&str> = self
+                    .config
+                    .network_interfaces
+                    .iter()
+                    .map(|n| n.iface_id.as_str())
+                    .collect();
+                c.validate(&ifaces).map_err(model::ConfigError::from)?;
+                self.config.mmds_config = Some(c);
+                done(Answer::Empty)
+            }
+            Request::PutMmds(v) => {
+                self.mmds_lock()
+                    .put(v)
+                    .map_err(|e| RequestError::Invalid(format!("mmds: {e}")))?;
+                done(Answer::Empty)
+            }
+            Request::PatchMmds(v) => {
+                self.mmds_lock()
+                    .patch(&v)
+                    .map_err(|e| RequestError::Invalid(format!("mmds: {e}")))?;
+                done(Answer::Empty)
+            }
+            Request::GetMmds => {
+                let v = self.mmds_lock().get().clone();
+                done(Answer::Mmds(v))
             }
             Request::PutLogger(l) => {
                 self.pre_boot("logger")?;

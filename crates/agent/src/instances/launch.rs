@@ -3,6 +3,7 @@
 //! configuration over its API with the model crate's types (the same types ember parses),
 //! then `InstanceStart`.
 
+use super::metadata::Ec2Metadata;
 use super::supervise::{Intent, Proc};
 use super::{hibernate, jail, Agent, AgentError};
 use crate::db::{self, Image, Instance, Volume};
@@ -11,7 +12,7 @@ use crate::types::{self, InstanceType};
 use agent_types::InstanceState;
 use model::{
     ActionType, BootSource, CacheType, Drive, InstanceActionInfo, MachineConfig, Metrics,
-    NetworkInterface,
+    MmdsConfig, MmdsVersion, NetworkInterface,
 };
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -97,6 +98,10 @@ pub struct VmmSetup {
     pub drives: Vec<Drive>,
     /// `eth0` on the instance's tap.
     pub net: NetworkInterface,
+    /// MMDS (V2) on `eth0`.
+    pub mmds_config: MmdsConfig,
+    /// What MMDS serves: EC2's instance metadata.
+    pub metadata: Ec2Metadata,
     /// Where ember appends its metrics lines.
     pub metrics: Metrics,
 }
@@ -111,6 +116,7 @@ impl VmmSetup {
         vols: &[Volume],
         dir: &Path,
         gw: Ipv4Addr,
+        zone: &str,
     ) -> VmmSetup {
         let mut boot_args = format!(
             "{} ip={}::{gw}:255.255.255.0::eth0:off",
@@ -165,6 +171,13 @@ impl VmmSetup {
                 rx_rate_limiter: None,
                 tx_rate_limiter: None,
             },
+            mmds_config: MmdsConfig {
+                version: MmdsVersion::V2,
+                network_interfaces: vec!["eth0".into()],
+                ipv4_address: None,
+                imds_compat: None,
+            },
+            metadata: Ec2Metadata::of(inst, image, zone),
             metrics: Metrics {
                 metrics_path: dir.join("metrics.jsonl").display().to_string(),
             },
@@ -196,6 +209,8 @@ impl VmmSetup {
             &self.net,
         )
         .await?;
+        put(vmm, "/mmds/config", &self.mmds_config).await?;
+        put(vmm, "/mmds", &self.metadata).await?;
         put(vmm, "/metrics", &self.metrics).await?;
         let start = InstanceActionInfo::new(ActionType::InstanceStart);
         put(vmm, "/actions", &start).await
@@ -285,7 +300,15 @@ impl Agent {
         let log = open_log("ember.log")?;
         // What an earlier VMM of this instance left (if the host went down with it), then
         // the new jail's root with the instance's files, before any VMM runs in it.
-        let mut setup = VmmSetup::new(&inst, &image, &itype, &vols, &dir, self.gateway());
+        let mut setup = VmmSetup::new(
+            &inst,
+            &image,
+            &itype,
+            &vols,
+            &dir,
+            self.gateway(),
+            &self.settings.availability_zone,
+        );
         // A hibernated instance's snapshot goes into the jail too.
         let kept = hibernate::saved(&dir);
         setup = {
@@ -430,7 +453,9 @@ impl Agent {
         let vmm = self.vmm(id, Duration::from_secs(120));
         vmm.put("/metrics", &setup.metrics).await?;
         vmm.put("/snapshot/load", &hibernate::load_request(tap))
-            .await
+            .await?;
+        // A snapshot holds MMDS's configuration, not its data.
+        vmm.put("/mmds", &setup.metadata).await
     }
 }
 

@@ -23,6 +23,7 @@ pub mod hibernate;
 pub mod images;
 pub mod jail;
 pub mod launch;
+pub mod metadata;
 pub mod state;
 pub mod supervise;
 pub mod verbs;
@@ -64,6 +65,9 @@ pub struct Settings {
     pub sample_interval: Duration,
     /// How every VMM is jailed.
     pub jail: jail::JailSettings,
+    /// The zone instances are told they run in (their metadata's
+    /// `placement/availability-zone`).
+    pub availability_zone: String,
 }
 
 /// The agent's own counters, for `GET /metrics`.

@@ -67,12 +67,24 @@ fn the_configuration_is_the_types_the_image_and_the_volumes() {
         &vols,
         dir,
         Ipv4Addr::new(172, 31, 0, 1),
+        "ember-1a",
     );
     assert_eq!(
         s.boot.boot_args.as_deref(),
         Some("console=ttyS0 ip=172.31.0.7::172.31.0.1:255.255.255.0::eth0:off ember_user_data=1")
     );
     assert_eq!(s.boot.initrd_path, None);
+    // EC2's metadata, over MMDS V2 on eth0.
+    assert_eq!(s.mmds_config.version, model::MmdsVersion::V2);
+    assert_eq!(s.mmds_config.network_interfaces, vec!["eth0".to_string()]);
+    let v = serde_json::to_value(&s.metadata).unwrap();
+    let md = &v["latest"]["meta-data"];
+    assert_eq!(md["instance-id"], inst.id.as_str());
+    assert_eq!(md["local-ipv4"], inst.ip.as_str());
+    assert_eq!(md["instance-type"], inst.instance_type.as_str());
+    assert_eq!(md["placement"]["availability-zone"], "ember-1a");
+    assert_eq!(md["hostname"], "ip-172-31-0-7.ember.internal");
+    assert_eq!(v["latest"]["user-data"].as_str(), inst.user_data.as_deref());
     assert_eq!((s.machine.vcpu_count, s.machine.mem_size_mib), (2, 1024));
     let ids: Vec<&str> = s.drives.iter().map(|d| d.drive_id.as_str()).collect();
     assert_eq!(ids, ["rootfs", "data0", "user_data"]);
@@ -113,6 +125,7 @@ fn without_user_data_there_is_no_drive_for_it_and_an_initrd_is_passed_on() {
         &vols,
         Path::new(&inst.dir),
         Ipv4Addr::new(172, 31, 0, 1),
+        "ember-1a",
     );
     assert_eq!(s.drives.len(), 1);
     assert!(!s
@@ -194,6 +207,7 @@ async fn apply_sends_every_resource_in_order_then_instance_start() {
         &vols,
         Path::new("/d"),
         Ipv4Addr::new(172, 31, 0, 1),
+        "ember-1a",
     );
     s.apply(&Client::new(&p, Duration::from_secs(5)))
         .await
@@ -202,6 +216,12 @@ async fn apply_sends_every_resource_in_order_then_instance_start() {
     while let Ok((line, body)) = seen.try_recv() {
         lines.push(line);
         if lines.len() == 6 {
+            assert!(
+                body.contains(r#""instance-id":"i-0123456789abcdef0""#),
+                "{body}"
+            );
+        }
+        if lines.len() == 8 {
             assert_eq!(body, r#"{"action_type":"InstanceStart"}"#);
         }
     }
@@ -212,6 +232,8 @@ async fn apply_sends_every_resource_in_order_then_instance_start() {
             "PUT /machine-config HTTP/1.1",
             "PUT /drives/rootfs HTTP/1.1",
             "PUT /network-interfaces/eth0 HTTP/1.1",
+            "PUT /mmds/config HTTP/1.1",
+            "PUT /mmds HTTP/1.1",
             "PUT /metrics HTTP/1.1",
             "PUT /actions HTTP/1.1",
         ]
@@ -232,6 +254,7 @@ async fn a_refused_step_names_itself_and_embers_fault() {
         &vols,
         Path::new("/d"),
         Ipv4Addr::new(172, 31, 0, 1),
+        "ember-1a",
     );
     let e = s
         .apply(&Client::new(&p, Duration::from_secs(5)))

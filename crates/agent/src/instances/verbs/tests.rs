@@ -19,6 +19,7 @@ fn agent(name: &str) -> Arc<Agent> {
         stop_timeout: Duration::from_secs(1),
         run_dir: base.join("run"),
         sample_interval: Duration::from_secs(5),
+        availability_zone: "ember-1a".into(),
         jail: crate::instances::jail::JailSettings {
             jailer: "/nonexistent/ember-jailer".into(),
             chroot_base: base.join("state/jail"),

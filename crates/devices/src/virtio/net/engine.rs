@@ -5,6 +5,7 @@
 //! tap is not polled until the guest posts buffers. Transmit: every available chain is
 //! gathered straight from guest memory into one `writev` to the tap.
 
+use super::mmds_port::{MmdsPort, PEEK_LEN};
 use super::tap::VNET_HDR_LEN;
 use crate::virtio::GuestMemoryMmap;
 use std::io;
@@ -108,6 +109,8 @@ pub struct Engine<T: FrameIo> {
     /// notification bookkeeping does not see: interrupt the guest regardless.
     force_irq: bool,
     counters: Arc<NetCounters>,
+    /// MMDS, when this interface serves it.
+    mmds: Option<MmdsPort>,
 }
 
 /// Guest buffers of one chain, checked to lie in guest memory.
@@ -151,7 +154,19 @@ impl<T: FrameIo> Engine<T> {
             frame_len: 0,
             force_irq: false,
             counters,
+            mmds: None,
         }
+    }
+
+    /// This interface also serves MMDS through `port`.
+    pub fn with_mmds(mut self, port: Option<MmdsPort>) -> Self {
+        self.mmds = port;
+        self
+    }
+
+    /// MMDS on this interface, if it serves it.
+    pub fn mmds(&mut self) -> Option<&mut MmdsPort> {
+        self.mmds.as_mut()
     }
 
     /// The frame source and sink.
@@ -169,6 +184,15 @@ impl<T: FrameIo> Engine<T> {
     pub fn process_rx(&mut self, mem: &GuestMemoryMmap) -> Result<(RxState, bool), QueueBroken> {
         let mut delivered = false;
         loop {
+            // MMDS's answers first: they are few and small, and the guest is waiting.
+            if self.frame_len == 0 {
+                if let Some(port) = self.mmds.as_mut().filter(|p| p.has_frames()) {
+                    self.frame[..VNET_HDR_LEN].fill(0);
+                    if let Some(n) = port.next_frame(&mut self.frame[VNET_HDR_LEN..]) {
+                        self.frame_len = VNET_HDR_LEN + n;
+                    }
+                }
+            }
             if self.frame_len == 0 {
                 match self.io.read_frame(&mut self.frame) {
                     Ok(n) if n > VNET_HDR_LEN => self.frame_len = n,
@@ -371,7 +395,7 @@ impl<T: FrameIo> Engine<T> {
         Ok((TxState::Drained, irq))
     }
 
-    fn send(&self, mem: &GuestMemoryMmap, descs: &[Descriptor]) -> io::Result<()> {
+    fn send(&mut self, mem: &GuestMemoryMmap, descs: &[Descriptor]) -> io::Result<()> {
         let invalid = |m: &str| io::Error::new(io::ErrorKind::InvalidInput, m.to_string());
         let segs = segments(mem, descs, false)
             .ok_or_else(|| invalid("device-writable or out-of-memory buffer"))?;
@@ -381,6 +405,13 @@ impl<T: FrameIo> Engine<T> {
         }
         if total > MAX_FRAME {
             return Err(invalid("frame larger than 64 KiB"));
+        }
+        if let Some(port) = self.mmds.as_mut() {
+            let mut head = [0u8; PEEK_LEN];
+            let n = copy_out(mem, &segs, VNET_HDR_LEN, &mut head);
+            if port.wants(&head[..n]) && port.take(total, |buf| copy_out(mem, &segs, 0, buf)) {
+                return Ok(());
+            }
         }
         let mut iovs = Vec::with_capacity(segs.len());
         for &(addr, len) in &segs {
@@ -405,8 +436,36 @@ impl<T: FrameIo> Engine<T> {
         Ok(())
     }
 
-    /// Gives the frame source back (device reset).
-    pub fn into_io(self) -> T {
-        self.io
+    /// Gives the frame source and the MMDS port back (device reset).
+    pub fn into_parts(self) -> (T, Option<MmdsPort>) {
+        (self.io, self.mmds)
     }
+}
+
+/// Copies the chain's bytes from offset `skip` into `out`; returns how many were copied.
+fn copy_out(
+    mem: &GuestMemoryMmap,
+    segs: &[(GuestAddress, usize)],
+    skip: usize,
+    out: &mut [u8],
+) -> usize {
+    let (mut at, mut done) = (0usize, 0usize);
+    for &(addr, len) in segs {
+        if done == out.len() {
+            break;
+        }
+        let seg_end = at + len;
+        if seg_end > skip {
+            let from = skip.saturating_sub(at);
+            let n = (len - from).min(out.len() - done);
+            let src = addr.unchecked_add(from as u64);
+            // Checked by `segments`; a failure leaves the rest unread.
+            if mem.read_slice(&mut out[done..done + n], src).is_err() {
+                break;
+            }
+            done += n;
+        }
+        at = seg_end;
+    }
+    done
 }

@@ -2,9 +2,11 @@
 //! offloads in both directions, mergeable receive buffers, served by one thread per device.
 
 pub mod engine;
+pub mod mmds_port;
 pub mod tap;
 
 pub use engine::NetCounters;
+pub use mmds_port::MmdsPort;
 pub use tap::{Tap, TapError};
 
 use super::event_loop::{DeviceEvents, EventLoopError, Flow};
@@ -71,7 +73,9 @@ pub struct NetConfig {
 pub struct Net {
     id: String,
     tap: Option<Tap>,
-    running: Option<DeviceThread<Tap>>,
+    /// MMDS, while no thread holds it.
+    mmds: Option<MmdsPort>,
+    running: Option<DeviceThread<(Tap, Option<MmdsPort>)>>,
     features: u64,
     config: [u8; CONFIG_LEN],
     queue_sizes: [u16; 2],
@@ -80,8 +84,8 @@ pub struct Net {
 }
 
 impl Net {
-    /// A device on `tap`.
-    pub fn new(cfg: &NetConfig, tap: Tap) -> std::io::Result<Self> {
+    /// A device on `tap`, serving MMDS through `mmds` if given.
+    pub fn new(cfg: &NetConfig, tap: Tap, mmds: Option<MmdsPort>) -> std::io::Result<Self> {
         use features::*;
         let mut features = 1u64 << F_VERSION_1
             | 1 << F_EVENT_IDX
@@ -107,6 +111,7 @@ impl Net {
         Ok(Self {
             id: cfg.id.clone(),
             tap: Some(tap),
+            mmds,
             running: None,
             features,
             config,
@@ -185,7 +190,8 @@ impl VirtioDevice for Net {
         let tx_evt = a.queue_evts.pop().ok_or(ActivateError::QueueNotReady(TX))?;
         let rx_evt = a.queue_evts.pop().ok_or(ActivateError::QueueNotReady(RX))?;
         let mergeable = a.acked_features & (1 << features::MRG_RXBUF) != 0;
-        let engine = Engine::new(tap, rx, tx, mergeable, self.counters.clone());
+        let engine =
+            Engine::new(tap, rx, tx, mergeable, self.counters.clone()).with_mmds(self.mmds.take());
         let (mem, interrupt) = (a.mem, a.interrupt);
         let pause = self.pause.clone();
         self.running = Some(DeviceThread::spawn(
@@ -212,7 +218,13 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         if let Some(running) = self.running.take() {
-            self.tap = running.stop();
+            match running.stop() {
+                Some((tap, mmds)) => {
+                    self.tap = Some(tap);
+                    self.mmds = mmds;
+                }
+                None => self.tap = None,
+            }
             if self.tap.is_none() {
                 log::error!("net {}: worker lost; device unusable", self.id);
             }
@@ -236,10 +248,11 @@ enum Source {
     Tap,
     RxQueue,
     TxQueue,
+    MmdsTimer,
 }
 
 impl Worker {
-    fn run(self) -> Tap {
+    fn run(self) -> (Tap, Option<MmdsPort>) {
         let Worker {
             mut engine,
             mem,
@@ -259,7 +272,7 @@ impl Worker {
             log::error!("net: {e}; the device needs a reset");
             interrupt.fail();
         }
-        engine.into_io()
+        engine.into_parts()
     }
 }
 
@@ -283,6 +296,12 @@ fn serve(
     events
         .add(tx_evt, Source::TxQueue, EventSet::IN)
         .map_err(err)?;
+    if let Some(port) = engine.mmds() {
+        events
+            .add(port.timer(), Source::MmdsTimer, EventSet::IN)
+            .map_err(err)?;
+    }
+
     // What the tap is polled for: input unless a frame waits for buffers, output while
     // the tap refuses frames.
     let mut want_in = true;
@@ -301,6 +320,10 @@ fn serve(
             if irq {
                 interrupt.trigger(super::InterruptKind::Vring);
             }
+        }
+        // What MMDS answered (or retransmits) goes out with the receive pass.
+        if engine.mmds().is_some_and(|p| p.has_frames()) {
+            do_rx = true;
         }
         if do_rx && !paused {
             do_rx = false;
@@ -321,6 +344,9 @@ fn serve(
             set |= EventSet::OUT;
         }
         events.modify(&tap_fd, Source::Tap, set).map_err(err)?;
+        if let Some(port) = engine.mmds() {
+            port.arm();
+        }
         let flow = events
             .wait(|source, ready| match source {
                 Source::RxQueue => {
@@ -337,6 +363,13 @@ fn serve(
                     }
                     if ready.intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP) {
                         do_rx = true;
+                    }
+                }
+                // Its timeouts touch only its own state, never guest memory: they run
+                // even while paused (which also drains the timer).
+                Source::MmdsTimer => {
+                    if let Some(port) = engine.mmds() {
+                        port.on_timer();
                     }
                 }
             })
