@@ -2,7 +2,7 @@
 # Builds the test guests' root filesystems from Debian's busybox-static, without root
 # privileges: an uncompressed initramfs (newc cpio, via the kernel's gen_init_cpio) and an
 # ext4 image (mkfs.ext4 -d). Both hold busybox, its applet links and resources/rootfs/init;
-# the ext4 image also holds /bin/vsock (resources/rootfs/vsock.c).
+# the ext4 image also holds /bin/vsock and /bin/httplat (resources/rootfs/*.c).
 #
 # Usage: tools/guest/build-rootfs.sh [ARCH]   (x86_64 default; aarch64 uses busybox-static:arm64)
 # Prints the output directory. Cached by content hash.
@@ -27,16 +27,18 @@ esac
 kernel_dir=$("$here/build-kernel.sh" "$(uname -m)")   # for gen_init_cpio (a host tool)
 gen_init_cpio="$kernel_dir/gen_init_cpio"
 
-# The guest's AF_VSOCK tool (busybox has none), static like busybox: on the ext4 image only,
-# so the initramfs every other case boots stays as small as it was.
+# The guest's AF_VSOCK tool and HTTP latency probe (busybox has neither), static like
+# busybox: on the ext4 image only, so the initramfs every other case boots stays as small
+# as it was.
 vsock_src="$root/resources/rootfs/vsock.c"
+httplat_src="$root/resources/rootfs/httplat.c"
 case "$arch" in
   x86_64) cc=x86_64-linux-gnu-gcc ;;
   aarch64) cc=aarch64-linux-gnu-gcc ;;
 esac
 [ "$arch" = "$(uname -m)" ] && cc=gcc
 command -v "$cc" >/dev/null 2>&1 || "$here/install-deps.sh" kernel >&2
-key=$( { sha256sum "$busybox" "$init" "$vsock_src" "$0" | cut -d' ' -f1; echo "$arch"
+key=$( { sha256sum "$busybox" "$init" "$vsock_src" "$httplat_src" "$0" | cut -d' ' -f1; echo "$arch"
          "$cc" --version | head -1; } | sha256sum | cut -c1-16)
 out="$cache/rootfs-$arch-$key"
 if [ -f "$out/.done" ]; then echo "$out"; exit 0; fi
@@ -68,6 +70,7 @@ list="$out.tmp/initramfs.list"
 } > "$list"
 "$gen_init_cpio" "$list" > "$out.tmp/initramfs.cpio"
 "$cc" -static -Os -s -Wall -Wextra -Werror -o "$stage/bin/vsock" "$vsock_src"
+"$cc" -static -Os -s -Wall -Wextra -Werror -o "$stage/bin/httplat" "$httplat_src"
 
 mkfs.ext4 -q -F -L rootfs -E root_owner=0:0 -d "$stage" "$out.tmp/rootfs.ext4" 16M >/dev/null
 rm -rf "$stage"

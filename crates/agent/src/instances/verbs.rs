@@ -45,8 +45,10 @@ impl Agent {
             "user request",
             inst.pid.zip(inst.pid_start),
         )?;
+        // Read before the background work starts, which may finish first.
+        let answer = self.instance(id)?;
         self.spawn_shut_down(id, Intent::Stop, force);
-        self.instance(id)
+        Ok(answer)
     }
 
     /// Starts a stopped instance on its root volume: `pending` at once, `running` when its
@@ -57,8 +59,9 @@ impl Agent {
             return Err(Self::incorrect(&inst, "stopped", "started"));
         }
         self.transition(id, InstanceState::Pending, "user request", None)?;
+        let answer = self.instance(id)?;
         self.spawn_launch(id, "launch failed");
-        self.instance(id)
+        Ok(answer)
     }
 
     /// Reboots a running instance: answered at once (still `running`); Ctrl-Alt-Del, and
@@ -88,6 +91,9 @@ impl Agent {
             "user request",
             inst.pid.zip(inst.pid_start),
         )?;
+        // The answer is the state just written: the background work may finish before a
+        // read after it (EC2 answers `shutting-down` too).
+        let answer = self.instance(id)?;
         if self.intend(id, Intent::Terminate).is_some() {
             self.spawn_shut_down(id, Intent::Terminate, true);
         } else {
@@ -96,7 +102,7 @@ impl Agent {
             let inst = inst.clone();
             tokio::task::spawn_blocking(move || agent.finish_terminate(&inst));
         }
-        self.instance(id)
+        Ok(answer)
     }
 
     /// The end of a terminate without a VMM: tap gone, `terminated`, directory removed.

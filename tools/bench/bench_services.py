@@ -1,0 +1,159 @@
+"""Guest services benchmark (issue 19): vsock stream throughput host -> guest and guest ->
+host, and MMDS request latency from the guest, for ember and, with FIRECRACKER=PATH
+(x86_64), Firecracker, in interleaved rounds with the same guest (the ext4 test image,
+1 vCPU, 256 MiB, its tools `vsock` and `httplat`) and the same configuration keys
+(`vsock`, `mmds-config` V1 on `eth0`, data from `--metadata`). Per round and VMM: the host
+sends N MiB to the guest's listener through `CONNECT 5000` (timed from the `OK` to the
+guest's byte count on its console); the guest sends N MiB to `<uds>_6000` (timed by the
+host from accept to end of stream); then the guest times 1000 GETs of
+`/latest/meta-data/instance-id`, each on a new TCP connection, and prints p50/p99. QEMU's
+vhost-vsock-device needs the emulated host's `vhost_vsock` module, which it does not
+have: it is left out and said so. Prints medians and ember against Firecracker; no
+pass/fail. Registered as the `bench_services` case (suite `bench`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import time
+
+from framework.build import peer
+from framework.common import CaseFailed
+from framework.net import GUEST_IP, HOST_IP, netns, netns_exec, tap
+from framework.vm import READY, VmProcess, drive, vm_config
+from harness import ALL_ARCHES, case, log
+
+RUNS = int(os.environ.get("EMBER_BENCH_RUNS", "3"))
+MIB = 1 << 20
+N_MIB = int(os.environ.get("EMBER_BENCH_VSOCK_MIB", "64"))
+REQUESTS = 1000
+METADATA = {"latest": {"meta-data": {"instance-id": "i-0123456789abcdef0"}}}
+# No double quotes: the kernel command line cannot carry them inside ember_cmd.
+GUEST = (f"vsock listen 5000 </dev/null | wc -c | sed s/^/RX-BYTES-/; "
+         f"head -c {N_MIB * MIB} /dev/zero | vsock connect 2 6000 >/dev/null; "
+         "ip route add 169.254.169.254 dev eth0; "
+         f"httplat 169.254.169.254 80 /latest/meta-data/instance-id {REQUESTS}; sleep 600")
+ROWS = (("h2g_mib_s", "vsock host -> guest (MiB/s)"),
+        ("g2h_mib_s", "vsock guest -> host (MiB/s)"),
+        ("mmds_p50_us", "MMDS GET, new connection: p50 (us)"),
+        ("mmds_p99_us", "MMDS GET, new connection: p99 (us)"))
+
+
+def _binary(ctx, vmm: str) -> str:
+    return str(ctx.ember if vmm == "ember" else peer(ctx.ember, "firecracker"))
+
+
+def _round(ctx, vmm: str, i: int, ns: str) -> dict:
+    name = f"{vmm}-svc-{i}"
+    d = ctx.work / name
+    d.mkdir(exist_ok=True)
+    uds = str(d / "v.sock")
+    cfg = vm_config(ctx, initrd=False, mode="run", mem_mib=256, extra_args=(
+        f'ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off ember_cmd="{GUEST}"'))
+    cfg["drives"] = [drive("rootfs", ctx.rootfs_dir / "rootfs.ext4", root=True, ro=True)]
+    cfg["network-interfaces"] = [{"iface_id": "eth0", "host_dev_name": "tap0",
+                                  "guest_mac": "06:00:ac:1e:00:02"}]
+    cfg["vsock"] = {"guest_cid": 3, "uds_path": uds}
+    cfg["mmds-config"] = {"version": "V1", "network_interfaces": ["eth0"]}
+    (d / "vm.json").write_text(json.dumps(cfg))
+    (d / "meta.json").write_text(json.dumps(METADATA))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(f"{uds}_6000")
+    listener.listen(1)
+    listener.settimeout(600)
+    vm = VmProcess(name, [_binary(ctx, vmm), "--no-api", "--config-file", str(d / "vm.json"),
+                          "--metadata", str(d / "meta.json")], ctx.work, pre=netns_exec(ns))
+    out: dict = {}
+    try:
+        vm.wait_for(READY, timeout=300)
+        s = _connect(vm, uds, 5000)
+        chunk = bytes(MIB)
+        t0 = time.monotonic()
+        for _ in range(N_MIB):
+            s.sendall(chunk)
+        s.shutdown(socket.SHUT_WR)
+        m = vm.wait_for(r"RX-BYTES-(\d+)", timeout=600)
+        s.close()
+        if int(m.group(1)) != N_MIB * MIB:
+            raise CaseFailed(f"{name}: the guest got {m.group(1)} of {N_MIB * MIB} bytes")
+        out["h2g_mib_s"] = N_MIB / (vm.matched_at - t0)
+        c, _ = listener.accept()
+        c.settimeout(300)
+        t0, got = time.monotonic(), 0
+        while b := c.recv(MIB):
+            got += len(b)
+        out["g2h_mib_s"] = N_MIB / (time.monotonic() - t0)
+        c.close()
+        if got != N_MIB * MIB:
+            raise CaseFailed(f"{name}: the host got {got} of {N_MIB * MIB} bytes")
+        m = vm.wait_for(r"HTTPLAT n=(\d+) ok=(\d+) p50_us=(\d+) p99_us=(\d+)", timeout=600)
+        if m.group(1) != m.group(2):
+            raise CaseFailed(f"{name}: {m.group(2)} of {m.group(1)} MMDS requests answered 200")
+        out["mmds_p50_us"], out["mmds_p99_us"] = int(m.group(3)), int(m.group(4))
+    except (OSError, ValueError) as e:
+        raise CaseFailed(f"{name}: {e!r}\n{vm.tail()}")
+    finally:
+        vm.kill()
+        listener.close()
+    return out
+
+
+def _connect(vm: VmProcess, uds: str, port: int) -> socket.socket:
+    """A stream to the guest's `port` once its listener answers."""
+    deadline = time.monotonic() + 120
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(60)
+        try:
+            s.connect(uds)
+            s.sendall(f"CONNECT {port}\n".encode())
+            line = b""
+            while not line.endswith(b"\n") and (b := s.recv(1)):
+                line += b
+            if line.startswith(b"OK "):
+                return s
+        except OSError:
+            pass
+        s.close()
+        if vm.proc.poll() is not None or time.monotonic() > deadline:
+            raise CaseFailed(f"{vm.name}: the guest never accepted on {port}\n{vm.tail()}")
+        time.sleep(0.2)
+
+
+@case("bench_services", timeout=3600, suite="bench", arches=ALL_ARCHES)
+def _(ctx):
+    vmms = ["ember"]
+    if ctx.arch == "x86_64" and peer(ctx.ember, "firecracker") is not None:
+        vmms.append("firecracker")
+    samples: dict[str, list[dict]] = {v: [] for v in vmms}
+    with netns("svc") as ns:
+        tap(ns, "tap0", f"{HOST_IP}/24")
+        for i in range(RUNS):
+            for v in vmms[i % len(vmms):] + vmms[:i % len(vmms)]:
+                try:
+                    samples[v].append(_round(ctx, v, i, ns))
+                except CaseFailed as e:
+                    if not ctx.emulated:
+                        raise
+                    # The emulated host's own faults kill a guest now and then: once more.
+                    log(f"{v} run {i}: {str(e).splitlines()[0]}; once more")
+                    samples[v].append(_round(ctx, v, i, ns))
+
+    def med(v, key):
+        xs = [s[key] for s in samples[v] if key in s]
+        return statistics.median(xs) if xs else float("nan")
+
+    where = "hardware KVM" if not ctx.emulated else "emulated KVM host"
+    others = [v for v in vmms if v != "ember"]
+    log(f"guest services benchmark, {RUNS} interleaved rounds, {where}; guest: ext4 root, "
+        f"1 vCPU, 256 MiB; vsock {N_MIB} MiB each way; MMDS {REQUESTS} GETs")
+    log(f"{'median':40}" + "".join(f"{v:>14}" for v in vmms)
+        + "".join(f"{'ember/' + v:>19}" for v in others))
+    for key, what in ROWS:
+        cells = "".join(f"{med(v, key):14.1f}" for v in vmms)
+        ratios = "".join(f"{med('ember', key) / med(v, key):18.2f}x" for v in others)
+        log(f"{what:40}{cells}{ratios}")
+    log("QEMU's vhost-vsock-device: not measured (the emulated host has no vhost_vsock module)")
+    ctx.data(samples=samples)
