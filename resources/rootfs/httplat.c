@@ -3,9 +3,10 @@
  *
  *   httplat ADDR PORT PATH N    N sequential GETs of PATH, each on a new TCP connection
  *                               (as curl and EC2's clients do), timed from connect to the
- *                               server's close; prints
+ *                               whole answer; prints
  *   HTTPLAT n=N ok=K p50_us=.. p99_us=.. max_us=..
  */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
@@ -26,23 +27,29 @@ static int cmp(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* One request: 1 if the answer was a 200, else 0. */
+/* One request: 1 if the answer was a whole 200 (its head, then Content-Length bytes; a
+ * server need not close the connection, whatever the request said), else 0. */
 static int get(const struct sockaddr_in *a, const char *req, size_t len) {
-    char buf[4096];
+    char buf[8192];
     int s = socket(AF_INET, SOCK_STREAM, 0);
     if (s < 0) return 0;
     int ok = 0;
     if (connect(s, (const struct sockaddr *)a, sizeof *a) == 0 &&
         write(s, req, len) == (ssize_t)len) {
-        char head[12];
         size_t have = 0;
         ssize_t n;
-        while ((n = read(s, buf, sizeof buf)) > 0) {
-            size_t k = (size_t)n < sizeof head - have ? (size_t)n : sizeof head - have;
-            memcpy(head + have, buf, k);
-            have += k;
+        long body = -1;
+        char *end = NULL;
+        while (have < sizeof buf - 1 && (n = read(s, buf + have, sizeof buf - 1 - have)) > 0) {
+            have += (size_t)n;
+            buf[have] = 0;
+            if (!end && (end = strstr(buf, "\r\n\r\n"))) {
+                char *cl = strcasestr(buf, "\r\ncontent-length:");
+                body = cl && cl < end ? strtol(cl + 17, NULL, 10) : 0;
+            }
+            if (end && (long)(have - (size_t)(end + 4 - buf)) >= body) break;
         }
-        ok = have == sizeof head && !memcmp(head, "HTTP/1.1 200", sizeof head);
+        ok = end && have >= 12 && !memcmp(buf, "HTTP/1.1 200", 12);
     }
     close(s);
     return ok;
