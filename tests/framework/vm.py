@@ -66,6 +66,10 @@ def vm_config(ctx: Ctx, kernel: str | None = None, initrd: bool = True, vcpus: i
             "machine-config": {"vcpu_count": vcpus, "mem_size_mib": mem_mib}}
 
 
+# A console silent this long in the middle of a line: the guest stopped taking interrupts.
+MID_LINE_SILENCE_S = 60
+
+
 class VmProcess:
     """A VMM process whose stdout is the guest console, read by a background thread."""
 
@@ -79,6 +83,9 @@ class VmProcess:
         self._cv = threading.Condition()
         self.t_exec = time.monotonic()
         self.line_times: list[float] = []
+        # The bytes after the last newline, and when the console last moved.
+        self.partial = b""
+        self.last_output = self.t_exec
         self._stderr = open(self.stderr_path, "w")
         self.proc = subprocess.Popen((pre or []) + argv, stdout=subprocess.PIPE,
                                      stderr=self._stderr,
@@ -104,6 +111,8 @@ class VmProcess:
                 buf += chunk
                 *complete, buf = buf.split(b"\n")
                 with self._cv:
+                    self.partial = buf
+                    self.last_output = now
                     for line in complete:
                         text = line.decode(errors="replace").rstrip("\r")
                         self.lines.append(text)
@@ -135,8 +144,17 @@ class VmProcess:
                                      f"printing /{pattern}/\n{self.tail()}")
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise CaseFailed(f"{self.name}: no /{pattern}/ within {timeout:.0f}s\n"
-                                     f"{self.tail()}")
+                    msg = f"{self.name}: no /{pattern}/ within {timeout:.0f}s\n{self.tail()}"
+                    silent = time.monotonic() - self.last_output
+                    if self.partial.strip() and silent >= MID_LINE_SILENCE_S:
+                        # The guest's UART stopped in the middle of a line it was given
+                        # whole (a tty drains it by the THR-empty interrupt): the guest
+                        # stopped taking interrupts, the emulated host's stall
+                        # (build.EMULATION_FAULTS). On hardware KVM this fails as usual.
+                        raise EmulatedHostFault(
+                            f"{msg}\nthe console stopped mid-line "
+                            f"({self.partial[-60:]!r}) {silent:.0f} s ago")
+                    raise CaseFailed(msg)
                 self._cv.wait(min(left, 0.5))
 
     def send(self, data: bytes) -> None:
