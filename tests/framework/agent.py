@@ -15,7 +15,8 @@ from .api import call
 
 # Where emberd makes its instances' cgroups (the cgroup v2 hierarchy).
 CGROUPS = Path("/sys/fs/cgroup")
-from .common import Ctx, expect
+from . import stall
+from .common import CaseFailed, Ctx, EmulatedHostFault, expect
 from .vm import guest_cmdline
 
 SUBNET = "172.31.0.0"
@@ -117,8 +118,23 @@ class Emberd:
             out = call(self.sock, "GET", f"/v1/instances/{iid}/console?kib=64")[1]["output"]
             if needle in out:
                 return out
-            expect(time.monotonic() < deadline, f"{iid}: no {needle!r} on its console:\n{out[-2000:]}")
+            if time.monotonic() >= deadline:
+                self._console_missed(iid, needle, out)
             time.sleep(0.3)
+
+    def _console_missed(self, iid: str, needle: str, out: str) -> None:
+        """Fails the wait for `needle`: with the VMM's thread states, and as the emulated
+        host's stall (framework.stall) if its vCPUs get no interrupt at all."""
+        msg = f"{iid}: no {needle!r} on its console:\n{out[-2000:]}"
+        try:
+            pid = self.instance(iid).get("pid")
+        except Exception as e:  # the agent itself may be what failed
+            pid, msg = None, f"{msg}\n(describing it failed: {e})"
+        frozen, report = stall.probe(pid)
+        msg = f"{msg}\n{report}"
+        if frozen and self.ctx.emulated:
+            raise EmulatedHostFault(msg)
+        raise CaseFailed(msg)
 
     def stop_all(self) -> None:
         """Kills emberd and every VMM it started (the teardown of the emberd fixtures)."""

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import stall
 from .common import CaseFailed, Ctx, EmulatedHostFault
 
 READY = "EMBER-GUEST-READY"
@@ -68,6 +69,9 @@ def vm_config(ctx: Ctx, kernel: str | None = None, initrd: bool = True, vcpus: i
 
 # A console silent this long in the middle of a line: the guest stopped taking interrupts.
 MID_LINE_SILENCE_S = 60
+# A console silent this long when a marker is missed: the VMM's threads are looked at
+# (framework.stall) to tell the emulated host's stall from a bug.
+SILENCE_S = 30
 
 
 class VmProcess:
@@ -154,6 +158,15 @@ class VmProcess:
                         raise EmulatedHostFault(
                             f"{msg}\nthe console stopped mid-line "
                             f"({self.partial[-60:]!r}) {silent:.0f} s ago")
+                    if silent >= SILENCE_S and self.proc.poll() is None:
+                        self._cv.release()
+                        try:
+                            frozen, report = stall.probe(self.proc.pid)
+                        finally:
+                            self._cv.acquire()
+                        msg += f"\nthe console has been silent for {silent:.0f} s; {report}"
+                        if frozen:
+                            raise EmulatedHostFault(msg)
                     raise CaseFailed(msg)
                 self._cv.wait(min(left, 0.5))
 

@@ -1,0 +1,66 @@
+"""Telling the emulated host's stall from a guest or VMM bug when a guest goes silent.
+
+Under TCG's nested SVM the emulated host sometimes stops delivering a guest's interrupts
+(build.EMULATION_FAULTS). A guest's local APIC timer lives in the host kernel's KVM, not in
+ember: a vCPU thread that stays blocked in KVM_RUN, not woken once over a whole window,
+is a guest that receives no interrupt at all, not even its own timer. That is the
+signature looked for here; everything else (a vCPU spinning, a VMM thread stuck in a lock)
+stays an ordinary failure, and the thread states go into its message either way."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+# Long enough for a booting or idle Linux guest's timers to wake its vCPU many times.
+WINDOW_S = 5.0
+
+
+def _threads(pid: int) -> dict[str, tuple[str, str, int, int, str]]:
+    """tid -> (name, state, cpu ticks, context switches, wchan) of each thread of `pid`."""
+    out = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for t in tasks:
+        try:
+            name = (t / "comm").read_text().strip()
+            fields = (t / "stat").read_text().rsplit(")", 1)[1].split()
+            status = (t / "status").read_text()
+            switches = sum(int(line.split()[1]) for line in status.splitlines()
+                           if "ctxt_switches:" in line)
+            wchan = (t / "wchan").read_text().strip() or "-"
+        except (OSError, ValueError, IndexError):
+            continue
+        out[t.name] = (name, fields[0], int(fields[11]) + int(fields[12]), switches, wchan)
+    return out
+
+
+def probe(pid: int | None, window: float = WINDOW_S) -> tuple[bool, str]:
+    """Samples the VMM `pid`'s threads over `window` seconds. Returns (frozen, report):
+    `frozen` when it has vCPU threads and every one stayed asleep, never scheduled, over
+    the whole window; `report` is one line per thread for the failure message."""
+    if pid is None:
+        return False, "(no VMM process to look at)"
+    before = _threads(pid)
+    time.sleep(window)
+    after = _threads(pid)
+    if not after:
+        return False, f"(VMM {pid} is gone)"
+    lines, vcpus, frozen = [], 0, True
+    for tid, (name, state, cpu, sw, wchan) in sorted(after.items()):
+        b = before.get(tid)
+        dcpu = cpu - b[2] if b else None
+        dsw = sw - b[3] if b else None
+        lines.append(f"  {name} (tid {tid}): state {state}, wchan {wchan}, "
+                     f"cpu ticks +{dcpu}, context switches +{dsw} over {window:.0f} s")
+        if name.startswith("ember_vcpu"):
+            vcpus += 1
+            if not (b and state == "S" and dcpu == 0 and dsw == 0):
+                frozen = False
+    frozen = frozen and vcpus > 0
+    head = (f"VMM {pid}: every vCPU thread blocked and never woken for {window:.0f} s "
+            "(the guest gets no interrupt, not even its timer)" if frozen
+            else f"VMM {pid}'s threads:")
+    return frozen, head + "\n" + "\n".join(lines)
