@@ -1,5 +1,6 @@
-//! Durable state in SQLite (WAL): images, instances, volumes. Every state change is
-//! written before it is acted on or reported, so a restarted agent knows what ran.
+//! Durable state in SQLite (WAL): images, instances, volumes, reservations. Every state
+//! change is written before it is acted on or reported, so a restarted agent knows what
+//! ran.
 
 pub use agent_types::{Image, Instance, InstanceState, Volume};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -23,6 +24,8 @@ CREATE INDEX IF NOT EXISTS instances_token ON instances(client_token);
 CREATE TABLE IF NOT EXISTS volumes (
   id TEXT PRIMARY KEY, instance_id TEXT NOT NULL, path TEXT NOT NULL,
   size_bytes INTEGER NOT NULL, root INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS reservations (
+  instance_id TEXT PRIMARY KEY, reservation_id TEXT NOT NULL, launch_index INTEGER NOT NULL);
 ";
 
 /// Unix seconds now.
@@ -202,16 +205,75 @@ pub fn set_state(
     Ok(())
 }
 
-/// Forgets instances terminated before `before` (Unix seconds), with their volumes.
+/// Forgets instances terminated before `before` (Unix seconds), with their volumes and
+/// reservations.
 pub fn purge_terminated(c: &Connection, before: i64) -> DbResult<usize> {
-    c.execute(
-        "DELETE FROM volumes WHERE instance_id IN (SELECT id FROM instances WHERE state = 'terminated' AND terminated_at < ?1)",
-        [before],
-    )?;
+    for table in ["volumes", "reservations"] {
+        c.execute(
+            &format!("DELETE FROM {table} WHERE instance_id IN (SELECT id FROM instances WHERE state = 'terminated' AND terminated_at < ?1)"),
+            [before],
+        )?;
+    }
     c.execute(
         "DELETE FROM instances WHERE state = 'terminated' AND terminated_at < ?1",
         [before],
     )
+}
+
+/// Replaces an instance's tags.
+pub fn set_tags(
+    c: &Connection,
+    id: &str,
+    tags: &std::collections::BTreeMap<String, String>,
+) -> DbResult<()> {
+    let tags = serde_json::to_string(tags)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    c.execute(
+        "UPDATE instances SET tags = ?2 WHERE id = ?1",
+        params![id, tags],
+    )?;
+    Ok(())
+}
+
+/// A run's reservation, as EC2 reports it: its id and the instance's place in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// `r-` and 17 hex digits.
+    pub id: String,
+    /// The instance's index in the run (EC2's `amiLaunchIndex`), from 0.
+    pub launch_index: u32,
+}
+
+/// Records that instance `instance_id` is number `launch_index` of reservation
+/// `reservation_id`. (Kept beside `instances`, not in it: the instance record is the
+/// JSON API's wire type, shared with emberctl.)
+pub fn insert_reservation(
+    c: &Connection,
+    instance_id: &str,
+    reservation_id: &str,
+    launch_index: u32,
+) -> DbResult<()> {
+    c.execute(
+        "INSERT INTO reservations (instance_id, reservation_id, launch_index) VALUES (?1, ?2, ?3)",
+        params![instance_id, reservation_id, launch_index],
+    )?;
+    Ok(())
+}
+
+/// Every recorded reservation, by instance id (instances made before reservations were
+/// recorded have none).
+pub fn reservations(c: &Connection) -> DbResult<std::collections::HashMap<String, Reservation>> {
+    let mut st = c.prepare("SELECT instance_id, reservation_id, launch_index FROM reservations")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            Reservation {
+                id: r.get(1)?,
+                launch_index: r.get(2)?,
+            },
+        ))
+    })?;
+    rows.collect()
 }
 
 /// Adds a volume.

@@ -60,6 +60,7 @@ fn status_and_code(e: &AgentError) -> (StatusCode, &'static str) {
         E::AddressesExhausted => (StatusCode::BAD_REQUEST, "InsufficientAddressCapacity"),
         E::ImageInUse { .. } => (StatusCode::CONFLICT, "InvalidImage.InUse"),
         E::IncorrectState { .. } => (StatusCode::CONFLICT, "IncorrectInstanceState"),
+        E::TagLimit { .. } => (StatusCode::BAD_REQUEST, "TagLimitExceeded"),
         E::Database(_) | E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
     }
 }

@@ -3,6 +3,8 @@
 //! - [`api`]: the REST API (axum on a Unix socket); [`error`]: its error answers, and the
 //!   only place domain errors become HTTP statuses; [`serve`]: its connections (request
 //!   heads checked before hyper, so framing errors get emberd's error body too).
+//! - [`ec2`]: EC2's Query API (SigV4-signed, XML) on a TCP listener, for the AWS CLI and
+//!   SDKs, on the same domain as the REST API.
 //! - [`instances`]: instances' lives, one module per job (transitions and sampling,
 //!   images, capacity, creating, launching and configuring ember, supervision, the
 //!   lifecycle verbs, adoption after a restart).
@@ -17,6 +19,7 @@
 
 pub mod api;
 pub mod db;
+pub mod ec2;
 pub mod error;
 pub mod host;
 pub mod ids;

@@ -13,8 +13,8 @@ use std::time::Duration;
 struct Args {
     /// A JSON file with any of `socket`, `state_dir`, `bridge`, `subnet`, `ember`,
     /// `stop_timeout`, `run_dir`, `sample_interval`, `jailer`, `chroot_base_dir`,
-    /// `uid_range`, `memory_overhead_mib`, `availability_zone`; flags given on the command
-    /// line win.
+    /// `uid_range`, `memory_overhead_mib`, `availability_zone`, `region`, `ec2_listen`,
+    /// `ec2_credentials`; flags given on the command line win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The API socket.
@@ -56,9 +56,21 @@ struct Args {
     /// memory plus this), in MiB.
     #[arg(long, default_value_t = 64)]
     memory_overhead_mib: u64,
-    /// The availability zone instances see in their metadata.
+    /// The availability zone instances see in their metadata (and the EC2 API's one zone).
     #[arg(long, default_value = "ember-1a")]
     availability_zone: String,
+    /// The EC2 API's region: DescribeRegions's one region, and the region requests must
+    /// be signed for.
+    #[arg(long, default_value = "ember-1")]
+    region: String,
+    /// Serve EC2's Query API on this TCP address (off unless given; with no address,
+    /// 127.0.0.1:8788). See docs/ec2.md.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = agent::ec2::DEFAULT_LISTEN)]
+    ec2_listen: Option<std::net::SocketAddr>,
+    /// The EC2 API's access keys: an AWS shared credentials file (`[profile]`,
+    /// `aws_access_key_id`, `aws_secret_access_key`), mode 0600, owned by emberd's user.
+    #[arg(long, value_name = "FILE")]
+    ec2_credentials: Option<PathBuf>,
 }
 
 /// `START-END` with END - START + 1 >= 256 (one uid per address of the /24), START > 0.
@@ -97,6 +109,9 @@ struct FileConfig {
     uid_range: Option<String>,
     memory_overhead_mib: Option<u64>,
     availability_zone: Option<String>,
+    region: Option<String>,
+    ec2_listen: Option<std::net::SocketAddr>,
+    ec2_credentials: Option<PathBuf>,
 }
 
 /// Applies the config file under the flags the user gave explicitly.
@@ -110,6 +125,15 @@ fn merge(mut args: Args, matches: &clap::ArgMatches) -> Result<Args, String> {
     let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
     if let (Some(v), false) = (f.availability_zone, given("availability_zone")) {
         args.availability_zone = v;
+    }
+    if let (Some(v), false) = (f.region, given("region")) {
+        args.region = v;
+    }
+    if let (Some(v), false) = (f.ec2_listen, given("ec2_listen")) {
+        args.ec2_listen = Some(v);
+    }
+    if let (Some(v), false) = (f.ec2_credentials, given("ec2_credentials")) {
+        args.ec2_credentials = Some(v);
     }
     if let (Some(v), false) = (f.socket, given("socket")) {
         args.socket = v;
@@ -183,7 +207,52 @@ fn resolve(p: PathBuf) -> PathBuf {
         .unwrap_or(p)
 }
 
+/// The EC2 listener, bound, with its settings; `None` when `--ec2-listen` is off. Done
+/// before anything else starts, so a bad flag or credentials file stops emberd at once.
+async fn ec2_listener(
+    args: &Args,
+) -> Result<Option<(tokio::net::TcpListener, agent::ec2::Ec2Settings)>, String> {
+    if !agent::ec2::valid_region(&args.region) {
+        return Err(format!(
+            "--region {:?}: 1 to 32 lowercase letters, digits and dashes",
+            args.region
+        ));
+    }
+    let Some(addr) = args.ec2_listen else {
+        if args.ec2_credentials.is_some() {
+            log::warn!("--ec2-credentials is only used with --ec2-listen; the EC2 API is off");
+        }
+        return Ok(None);
+    };
+    let path = args.ec2_credentials.as_ref().ok_or(
+        "--ec2-listen needs --ec2-credentials FILE (an AWS shared credentials file, mode 0600)",
+    )?;
+    let credentials = agent::ec2::credentials::Credentials::load(path)
+        .map_err(|e| format!("--ec2-credentials {e}"))?;
+    if !addr.ip().is_loopback() {
+        log::warn!(
+            "the EC2 API listens on {addr}, beyond this host: requests are signed, \
+             but travel in clear HTTP"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("--ec2-listen {addr}: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("--ec2-listen {addr}: {e}"))?;
+    Ok(Some((
+        listener,
+        agent::ec2::Ec2Settings {
+            region: args.region.clone(),
+            endpoint: format!("http://{bound}"),
+            credentials,
+        },
+    )))
+}
+
 async fn serve(args: Args) -> Result<(), String> {
+    let ec2 = ec2_listener(&args).await?;
     let mounts =
         std::fs::read_to_string("/proc/mounts").map_err(|e| format!("/proc/mounts: {e}"))?;
     let cgroup_root = agent::instances::jail::cgroup2_mount(&mounts).ok_or(
@@ -243,6 +312,22 @@ async fn serve(args: Args) -> Result<(), String> {
             loop {
                 tick.tick().await;
                 agent.sample_all().await;
+            }
+        });
+    }
+    if let Some((listener, settings)) = ec2 {
+        log::info!(
+            "EC2 API on {} (region {}, {} access key(s))",
+            settings.endpoint,
+            settings.region,
+            settings.credentials.len()
+        );
+        let app = agent::ec2::router(agent.clone(), settings);
+        tokio::spawn(async move {
+            if let Err(e) =
+                agent::serve::serve_tcp(listener, app, agent::ec2::errors::head_error).await
+            {
+                log::error!("EC2 API: {e}");
             }
         });
     }

@@ -3,7 +3,9 @@
 //! a bare 400 and no body, and every error of emberd carries `{"code","message"}`. So a
 //! connection serves one request (hyper with keep-alive off), the head arrives whole
 //! within [`HEAD_TIMEOUT`] and [`MAX_HEAD`] bytes, and only then goes to hyper, its bytes
-//! replayed ahead of the rest of the stream.
+//! replayed ahead of the rest of the stream. The same handling serves the EC2 listener
+//! (TCP, [`serve_tcp`]), whose framing errors get EC2's XML error document instead: each
+//! listener says how its errors are written ([`ErrorWriter`]).
 
 use agent_types::ErrorBody;
 use axum::Router;
@@ -12,7 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener};
 
 /// How long a client may take to send a request's head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,25 +25,53 @@ pub const MAX_HEAD: usize = 16 * 1024;
 /// Most headers in a request.
 const MAX_HEADERS: usize = 64;
 
+/// Writes a whole HTTP/1.1 error answer (status, code, message) for a request that never
+/// reached the router: a malformed, oversized or late head.
+pub type ErrorWriter = fn(u16, &str, &str) -> Vec<u8>;
+
 /// Serves `app` on `listener` until accepting fails for good.
 pub async fn serve(listener: UnixListener, app: Router) -> io::Result<()> {
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                // Out of descriptors, say: wait rather than spin, then go on.
-                log::warn!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let app = app.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection(stream, app).await {
-                log::debug!("connection: {e}");
-            }
-        });
+        if let Some((stream, _)) = accepted(listener.accept().await).await {
+            spawn_connection(stream, app.clone(), error_response);
+        }
     }
+}
+
+/// Serves `app` on a TCP `listener` (the EC2 API) with the same head checks and time
+/// limits as the Unix socket; `errors` writes the answers to bad heads.
+pub async fn serve_tcp(listener: TcpListener, app: Router, errors: ErrorWriter) -> io::Result<()> {
+    loop {
+        if let Some((stream, _)) = accepted(listener.accept().await).await {
+            // Answers are small and written whole: no need to wait for more to fill a packet.
+            let _ = stream.set_nodelay(true);
+            spawn_connection(stream, app.clone(), errors);
+        }
+    }
+}
+
+/// An accepted connection; after a failure (out of descriptors, say), a pause rather than
+/// a spin, then `None`: the loop goes on.
+async fn accepted<T>(r: io::Result<T>) -> Option<T> {
+    match r {
+        Ok(t) => Some(t),
+        Err(e) => {
+            log::warn!("accept: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    }
+}
+
+fn spawn_connection<S>(stream: S, app: Router, errors: ErrorWriter)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection(stream, app, errors).await {
+            log::debug!("connection: {e}");
+        }
+    });
 }
 
 /// What a head check found.
@@ -81,7 +111,7 @@ pub fn check_head(buf: &[u8]) -> Head {
 }
 
 /// An error answer in emberd's form, then the connection closes.
-fn error_response(status: u16, code: &str, message: &str) -> Vec<u8> {
+pub fn error_response(status: u16, code: &str, message: &str) -> Vec<u8> {
     let reason = axum::http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -98,7 +128,10 @@ fn error_response(status: u16, code: &str, message: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn connection(mut stream: UnixStream, app: Router) -> io::Result<()> {
+async fn connection<S>(mut stream: S, app: Router, errors: ErrorWriter) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut head = Vec::with_capacity(1024);
     let read_head = async {
         let mut chunk = [0u8; 4096];
@@ -130,9 +163,7 @@ async fn connection(mut stream: UnixStream, app: Router) -> io::Result<()> {
         // The client closed before a whole head: nothing to answer.
         Head::Partial => return Ok(()),
         Head::Bad(status, code, message) => {
-            let _ = stream
-                .write_all(&error_response(status, code, &message))
-                .await;
+            let _ = stream.write_all(&errors(status, code, &message)).await;
             let _ = stream.shutdown().await;
             return Ok(());
         }
@@ -158,13 +189,13 @@ async fn connection(mut stream: UnixStream, app: Router) -> io::Result<()> {
 }
 
 /// The stream with the head's bytes read again first.
-struct Replay {
+struct Replay<S> {
     head: Vec<u8>,
     at: usize,
-    inner: UnixStream,
+    inner: S,
 }
 
-impl AsyncRead for Replay {
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -181,7 +212,7 @@ impl AsyncRead for Replay {
     }
 }
 
-impl AsyncWrite for Replay {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

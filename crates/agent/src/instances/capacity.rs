@@ -30,6 +30,15 @@ pub fn free_ip(subnet: Ipv4Addr, taken: &[String]) -> Option<Ipv4Addr> {
         .find(|a| !taken.contains(&a.to_string()))
 }
 
+/// How many addresses of `subnet`'s /24 from .2 to .254 are not `taken`.
+pub fn free_ips(subnet: Ipv4Addr, taken: &[String]) -> u32 {
+    let o = subnet.octets();
+    let free = (2..=254u8)
+        .filter(|&h| !taken.contains(&Ipv4Addr::new(o[0], o[1], o[2], h).to_string()))
+        .count();
+    u32::try_from(free).unwrap_or(0)
+}
+
 /// An instance's MAC: 06:00 (locally administered) and its address.
 pub fn mac_for(ip: Ipv4Addr) -> String {
     let o = ip.octets();
@@ -75,6 +84,8 @@ mod tests {
         assert_eq!(free_ip(net, &taken), Some(Ipv4Addr::new(172, 31, 0, 4)));
         let all: Vec<String> = (2..=254).map(|h| format!("172.31.0.{h}")).collect();
         assert_eq!(free_ip(net, &all), None);
+        assert_eq!(free_ips(net, &all), 0);
+        assert_eq!(free_ips(net, &taken), 251);
         assert_eq!(mac_for(Ipv4Addr::new(172, 31, 0, 2)), "06:00:ac:1f:00:02");
     }
 }

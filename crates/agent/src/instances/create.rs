@@ -1,7 +1,7 @@
 //! Creating instances: a run's checks, then each instance's record, address and volumes.
 //! Launching them is `launch`'s job.
 
-use super::capacity::{free_ip, mac_for, memory_budget_mib};
+use super::capacity::{free_ip, free_ips, mac_for, memory_budget_mib};
 use super::{Agent, AgentError};
 use crate::db::{self, Image, Instance, Volume};
 use crate::host;
@@ -19,6 +19,18 @@ impl Agent {
     /// Runs instances; with a client token seen before, returns that run's instances.
     /// Answers with them `pending`; each launches in the background.
     pub async fn run(self: &Arc<Self>, req: RunRequest) -> Result<Vec<Instance>, AgentError> {
+        self.run_at_least(req, None).await
+    }
+
+    /// [`Agent::run`] where `req.count` is the most wanted and `at_least` the fewest
+    /// accepted (EC2's MaxCount and MinCount): as many as the host's memory budget and the
+    /// subnet's free addresses allow, or an error if that is fewer than `at_least`.
+    /// Without `at_least`, exactly `req.count`.
+    pub async fn run_at_least(
+        self: &Arc<Self>,
+        req: RunRequest,
+        at_least: Option<u32>,
+    ) -> Result<Vec<Instance>, AgentError> {
         if let Some(token) = &req.client_token {
             if token.is_empty() || token.len() > 64 {
                 return Err(AgentError::invalid("client_token: 1 to 64 characters"));
@@ -28,9 +40,15 @@ impl Agent {
                 return Ok(seen);
             }
         }
-        let count = req.count.unwrap_or(1);
-        if count == 0 {
+        let most = req.count.unwrap_or(1);
+        if most == 0 {
             return Err(AgentError::invalid("count must be at least 1"));
+        }
+        let fewest = at_least.unwrap_or(most);
+        if fewest == 0 || fewest > most {
+            return Err(AgentError::invalid(format!(
+                "the fewest instances accepted ({fewest}) must be from 1 to the count ({most})"
+            )));
         }
         let itype =
             types::find(&req.instance_type).ok_or_else(|| AgentError::UnknownInstanceType {
@@ -41,17 +59,24 @@ impl Agent {
                 .ok_or_else(|| AgentError::UnknownImage {
                     id: req.image_id.clone(),
                 })?;
-        let want = itype.memory_mib * u64::from(count);
         let budget = memory_budget_mib();
         let used = self.memory_in_use_mib()?;
-        if used + want > budget {
+        let left = budget.saturating_sub(used);
+        let fit = u32::try_from(left / itype.memory_mib.max(1)).unwrap_or(u32::MAX);
+        if fit < fewest {
             return Err(AgentError::InsufficientCapacity {
-                count,
+                count: fewest,
                 instance_type: itype.name.to_string(),
-                want_mib: want,
-                left_mib: budget.saturating_sub(used),
+                want_mib: itype.memory_mib * u64::from(fewest),
+                left_mib: left,
             });
         }
+        // Checked up front so that a run never stops half-way for want of an address.
+        let free = free_ips(self.settings.subnet, &self.db(db::ips_in_use)?);
+        if free < fewest {
+            return Err(AgentError::AddressesExhausted);
+        }
+        let count = most.min(fit).min(free);
         if req
             .data_volumes_mib
             .iter()
@@ -61,11 +86,12 @@ impl Agent {
                 "data_volumes_mib: 1 to {MAX_DATA_VOLUME_MIB} each"
             )));
         }
+        let reservation = ids::new_id("r").map_err(AgentError::internal)?;
         // Copying root volumes is slow file I/O: off the async threads.
         let agent = self.clone();
         let made = tokio::task::spawn_blocking(move || {
             (0..count)
-                .map(|_| agent.create_instance(&image, &itype, &req))
+                .map(|k| agent.create_instance(&image, &itype, &req, (&reservation, k)))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
@@ -76,12 +102,14 @@ impl Agent {
         Ok(made)
     }
 
-    /// Writes one instance (`pending`, its meter open), then copies its volumes.
+    /// Writes one instance (`pending`, its meter open, number `k` of `reservation`), then
+    /// copies its volumes.
     fn create_instance(
         &self,
         image: &Image,
         itype: &InstanceType,
         req: &RunRequest,
+        (reservation, k): (&str, u32),
     ) -> Result<Instance, AgentError> {
         let id = ids::new_id("i").map_err(AgentError::internal)?;
         let dir = self.settings.state_dir.join("instances").join(&id);
@@ -110,6 +138,7 @@ impl Agent {
             terminated_at: None,
         };
         db::insert_instance(&c, &inst)?;
+        db::insert_reservation(&c, &id, reservation, k)?;
         meter::open(
             &c,
             &id,

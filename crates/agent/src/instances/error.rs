@@ -70,6 +70,16 @@ pub enum AgentError {
         /// The operation, as a past participle (`stopped`).
         done: &'static str,
     },
+    /// Tags would exceed the most one instance may have.
+    #[error("instance {id} would have {count} tags; at most {limit} are allowed")]
+    TagLimit {
+        /// The instance.
+        id: String,
+        /// How many it would have.
+        count: usize,
+        /// The most allowed.
+        limit: usize,
+    },
     /// The state database failed.
     #[error("state database: {0}")]
     Database(#[from] rusqlite::Error),

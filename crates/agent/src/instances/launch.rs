@@ -281,6 +281,13 @@ impl Agent {
         let dir = PathBuf::from(&inst.dir);
         let sock = self.api_socket(id);
         let jail = self.jail_of(&inst);
+        // Before anything is made on the host (a tap): a missing VMM binary fails here.
+        if !self.settings.ember.is_file() {
+            return Err(LaunchError::Spawn {
+                ember: self.settings.ember.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
         let (bridge, tap, uid) = (self.settings.bridge.clone(), inst.tap.clone(), jail.uid);
         tokio::task::spawn_blocking(move || host::create_tap(&tap, &bridge, uid))
             .await?

@@ -10,6 +10,7 @@
 //! - [`launch`]: starting `ember` (jailed) and configuring it over its API.
 //! - [`supervise`]: watching VMMs, recording their exits, shutting them down.
 //! - [`verbs`]: stop, start, reboot, terminate, console.
+//! - [`tags`]: tags written after launch.
 //! - [`adopt`]: taking over the VMMs that outlived an agent restart.
 //!
 //! Domain code returns [`AgentError`]; only the HTTP layer (`crate::error`) turns it into
@@ -26,6 +27,9 @@ pub mod launch;
 pub mod metadata;
 pub mod state;
 pub mod supervise;
+pub mod tags;
+#[cfg(test)]
+pub mod testing;
 pub mod verbs;
 
 pub use error::AgentError;

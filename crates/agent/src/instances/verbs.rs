@@ -116,11 +116,26 @@ impl Agent {
 
     /// The last `bytes` of an instance's console.
     pub fn console(&self, id: &str, bytes: u64) -> Result<String, AgentError> {
+        let (data, _) = self.console_bytes(id, bytes)?;
+        Ok(String::from_utf8_lossy(&data).to_string())
+    }
+
+    /// The last `bytes` of an instance's console as the guest wrote them, and when it last
+    /// wrote (none before its first output).
+    pub fn console_bytes(
+        &self,
+        id: &str,
+        bytes: u64,
+    ) -> Result<(Vec<u8>, Option<std::time::SystemTime>), AgentError> {
         let inst = self.instance(id)?;
         let path = Path::new(&inst.dir).join("console.log");
-        let data = std::fs::read(&path).unwrap_or_default();
-        let from = data.len().saturating_sub(bytes as usize);
-        Ok(String::from_utf8_lossy(&data[from..]).to_string())
+        let mut data = std::fs::read(&path).unwrap_or_default();
+        let from = data
+            .len()
+            .saturating_sub(usize::try_from(bytes).unwrap_or(usize::MAX));
+        data.drain(..from);
+        let written = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        Ok((data, written))
     }
 }
 

@@ -2,72 +2,17 @@
 //! (a VMM-less instance is what a launch that never got one leaves).
 
 use super::*;
-use crate::db;
-use crate::instances::Settings;
+use crate::instances::testing;
 use crate::meter;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 fn agent(name: &str) -> Arc<Agent> {
-    let base = std::env::temp_dir().join(format!("emberd-verbs-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    Agent::open(Settings {
-        state_dir: base.join("state"),
-        bridge: "ember-test0".into(),
-        subnet: "172.31.250.0".parse().unwrap(),
-        ember: "/nonexistent/ember".into(),
-        stop_timeout: Duration::from_secs(1),
-        run_dir: base.join("run"),
-        sample_interval: Duration::from_secs(5),
-        availability_zone: "ember-1a".into(),
-        jail: crate::instances::jail::JailSettings {
-            jailer: "/nonexistent/ember-jailer".into(),
-            chroot_base: base.join("state/jail"),
-            uid_start: 100_000,
-            memory_overhead_mib: 64,
-            cgroup_root: base.join("cgroup"),
-        },
-    })
-    .unwrap()
+    testing::agent("verbs", name, "172.31.250.0".parse().unwrap()).0
 }
 
 /// An instance record in `state` with a directory and a meter, and no VMM.
 fn add(a: &Agent, id: &str, state: InstanceState) -> Instance {
-    let dir = a.settings.state_dir.join("instances").join(id);
-    std::fs::create_dir_all(&dir).unwrap();
-    let inst = Instance {
-        id: id.into(),
-        image_id: "img-0123456789abcdef0".into(),
-        instance_type: "e1.nano".into(),
-        state,
-        reason: "user request".into(),
-        pid: None,
-        pid_start: None,
-        dir: dir.display().to_string(),
-        ip: "172.31.250.2".into(),
-        // No such link: removing it fails harmlessly.
-        tap: "em-nosuchtap0".into(),
-        mac: "06:00:ac:1f:fa:02".into(),
-        client_token: None,
-        user_data: None,
-        tags: BTreeMap::new(),
-        launched_at: 0,
-        changed_at: 0,
-        terminated_at: None,
-    };
-    a.db(|c| {
-        db::insert_instance(c, &inst)?;
-        meter::open(
-            c,
-            id,
-            "e1.nano",
-            128,
-            &dir.join("metrics.jsonl"),
-            meter::now_ms(),
-        )
-    })
-    .unwrap();
-    inst
+    testing::add(a, id, state, 0)
 }
 
 /// The instance once it is in `state` (background work on a loaded machine can take a
