@@ -11,7 +11,6 @@ use super::shapes::{
 };
 use super::Ec2;
 use crate::db::{self, Instance, Reservation};
-use crate::types;
 use agent_types::{InstanceState, RunRequest};
 use base64::Engine;
 use std::collections::HashMap;
@@ -107,7 +106,6 @@ impl Ec2 {
                     value: v.clone(),
                 })
                 .collect(),
-            vcpus: types::find(&i.instance_type).map(|t| t.vcpus),
             devices: volumes
                 .iter()
                 .zip(b'a'..=b'z')

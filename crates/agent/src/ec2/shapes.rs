@@ -1,6 +1,8 @@
 //! EC2's answer shapes (API 2016-11-15), as typed structs that write themselves. Element
 //! names are the `locationName`s of botocore's service model for EC2 (`instanceState`,
-//! `tagSet`, `vCpuInfo`, ...); lists are `<item>` elements.
+//! `tagSet`, `vCpuInfo`, ...); lists are `<item>` elements. The fields are the ones
+//! moto's EC2 answers too (the end-to-end tests compare the key sets), so a client that
+//! works against moto finds what it reads.
 
 use super::xml::{ToXml, Xml};
 use agent_types::InstanceState;
@@ -101,8 +103,6 @@ pub struct InstanceXml {
     pub client_token: Option<String>,
     /// Its tags.
     pub tags: Vec<TagXml>,
-    /// vCPUs (of its type), if the type is known.
-    pub vcpus: Option<u32>,
     /// Its volumes, root first.
     pub devices: Vec<DeviceXml>,
 }
@@ -174,15 +174,6 @@ impl ToXml for InstanceXml {
         x.bool("sourceDestCheck", true);
         x.close("item");
         x.close("networkInterfaceSet");
-        if let Some(v) = self.vcpus {
-            x.open("cpuOptions");
-            x.num("coreCount", v);
-            x.num("threadsPerCore", 1);
-            x.close("cpuOptions");
-        }
-        x.open("hibernationOptions");
-        x.bool("configured", true);
-        x.close("hibernationOptions");
         // MMDS V2 on eth0: session tokens are required, as `httpTokens=required` says.
         x.open("metadataOptions");
         x.leaf("state", "applied");
@@ -276,8 +267,6 @@ impl ToXml for StatusXml {
             x.close("details");
             x.close(name);
         }
-        x.open("eventsSet");
-        x.close("eventsSet");
     }
 }
 
@@ -309,8 +298,6 @@ impl ToXml for ImageXml {
         x.leaf("rootDeviceType", "ebs");
         x.leaf("rootDeviceName", "/dev/vda");
         x.leaf("virtualizationType", "hvm");
-        x.leaf("platformDetails", "Linux/UNIX");
-        x.leaf("imdsSupport", "v2.0");
         x.open("blockDeviceMapping");
         x.close("blockDeviceMapping");
         x.open("tagSet");
@@ -412,9 +399,6 @@ impl ToXml for ZoneXml {
         x.leaf("zoneState", "available");
         x.leaf("regionName", &self.region);
         x.leaf("zoneType", "availability-zone");
-        x.leaf("optInStatus", "opt-in-not-required");
-        x.leaf("groupName", &self.region);
-        x.leaf("networkBorderGroup", &self.region);
         x.open("messageSet");
         x.close("messageSet");
     }
