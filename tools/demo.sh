@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/guest/install-deps.sh all
 tools/ci/ensure-rust.sh
+tools/ci/python-deps.sh
 exec python3 tests/e2e/run.py --suite demo "$@"

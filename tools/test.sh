@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/guest/install-deps.sh all
 tools/ci/ensure-rust.sh
+tools/ci/python-deps.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (-D warnings)"

@@ -33,6 +33,9 @@ from framework.common import ARCH, log  # noqa: E402
 # emulated hosts /usr/bin/python3 is Debian's too (x86_64: this machine's, over 9p;
 # aarch64: the arm64 user space's own).
 PYTHON = os.environ.get("EMBER_PYTEST_PYTHON", "/usr/bin/python3")
+# The pinned PyPI packages' directory (tools/ci/python-deps.sh); an EMBER_ variable, so the
+# emulated host's job gets it too (x86_64 sees this machine's files over 9p).
+os.environ.setdefault("EMBER_PYDEPS", str(Path.home() / ".cache" / "ember" / "python"))
 
 
 def load_extra_modules(paths: list[str]) -> None:

@@ -12,13 +12,13 @@ case "$what" in
   images) pkgs+=(busybox-static e2fsprogs cpio) ;;
   harness) pkgs+=(qemu-system-x86 qemu-system-arm kmod xz-utils cpio busybox-static iproute2
                    python3-prometheus-client prometheus \
-                   python3-pytest python3-pytest-timeout python3-pytest-rerunfailures) ;;   # metering checks (promtool); the suite runs on pytest
+                   python3-pytest python3-pytest-timeout python3-pytest-rerunfailures python3-pip) ;;   # metering checks (promtool); the suite runs on pytest
   bench) pkgs+=(iperf3) ;;   # host side of bench_net, and copied into the bench tools image
   all) pkgs+=(linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils
               busybox-static e2fsprogs cpio qemu-system-x86 kmod iproute2 iperf3
               gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static qemu-system-arm
               python3-prometheus-client prometheus python3-pytest python3-pytest-timeout
-              python3-pytest-rerunfailures) ;;
+              python3-pytest-rerunfailures python3-pip) ;;
   *) echo "install-deps: unknown set $what" >&2; exit 1 ;;
 esac
 missing=()
