@@ -1,7 +1,7 @@
 """EC2's Query API (issue 20): boto3, its waiters and the AWS CLI drive emberd's EC2
 endpoint; moto's server is the reference the parsed shapes are compared with; bad
 requests get EC2's error codes. emberd runs in a network namespace of its own (its
-listener is on that namespace's loopback): the cases enter it (framework.ec2.in_netns)."""
+listener is on that namespace's loopback): the cases enter it (framework.net.in_netns)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 from framework import ec2
 from framework.agent import register
 from framework.common import expect
+from framework.net import in_netns
 
 pytestmark = [pytest.mark.emulated_flaky,
               pytest.mark.arch("x86_64", reason="emberd registers the x86_64 vmlinux as its "
@@ -52,7 +53,7 @@ def describe(c, **kw) -> list[str]:
 def test_ec2_boto3_and_the_cli_run_describe_stop_start_reboot_terminate(ctx, emberd_factory):
     agent, creds = ec2_agent(emberd_factory, ctx)
     image = register(agent, ctx, GUEST)
-    with ec2.in_netns(agent.ns):
+    with in_netns(agent.ns):
         ec2.wait_listening(ec2.PORT)
         c = ec2.client(ec2.endpoint())
         # Run two, tagged, with user data and a client token; the waiter sees them running.
@@ -207,7 +208,7 @@ def test_ec2_bad_requests_get_ec2s_error_codes_and_emberd_keeps_serving(ctx, emb
             return e.response["Error"]["Code"]
         raise AssertionError(f"{fn.__name__}({kw}) succeeded")
 
-    with ec2.in_netns(agent.ns):
+    with in_netns(agent.ns):
         ec2.wait_listening(ec2.PORT)
         good = ec2.client(ec2.endpoint())
         wrong_secret = ec2.client(ec2.endpoint(), secret="not-the-secret")

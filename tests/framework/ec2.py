@@ -6,7 +6,6 @@ namespace emberd's listener lives in. The packages come pinned from PyPI
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import socket
 import subprocess
@@ -22,30 +21,6 @@ ZONE = "ember-1a"
 PORT = 8788
 KEY_ID = "AKIAEMBERTEST0000001"
 SECRET = "emberTestSecretKey/0000000000000000000000"
-
-_CLONE_NEWNET = 0x40000000
-
-
-@contextlib.contextmanager
-def in_netns(ns: str):
-    """Runs the calling thread inside network namespace `ns` (`ip netns`'s name) until the
-    block ends: emberd's loopback listener is reachable only from there. (Python 3.11 has
-    no os.setns; the namespace is per thread, the console readers stay where they are.)"""
-    libc = ctypes.CDLL(None, use_errno=True)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if libc.setns(target, _CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {ns}")
-        try:
-            yield
-        finally:
-            if libc.setns(home, _CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(target)
-        os.close(home)
-
 
 def write_credentials(path: Path, key_id: str = KEY_ID, secret: str = SECRET,
                       profile: str = "ember") -> Path:

@@ -4,11 +4,35 @@ namespace of its own, so deleting the namespace removes every tap and bridge in 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import subprocess
 
 HOST_IP = "172.30.0.1"
 GUEST_IP = "172.30.0.2"
+
+_CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def in_netns(ns: str):
+    """Runs the calling thread inside network namespace `ns` (`ip netns`'s name) until the
+    block ends: sockets made inside belong to it (and keep working after). (Python 3.11
+    has no os.setns; the namespace is per thread, other threads stay where they are.)"""
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if libc.setns(target, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {ns}")
+        try:
+            yield
+        finally:
+            if libc.setns(home, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
+    finally:
+        os.close(target)
+        os.close(home)
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -232,6 +232,25 @@ fn agent_families(a: &Agent, instances: &[db::Instance], out: &mut String) {
             f.sample(name, &[("method", &method), ("code", &code)], n as f64);
         }
     }
+    {
+        let name = "emberd_ec2_requests_total";
+        let mut f = Family::new(
+            out,
+            name,
+            "counter",
+            "EC2 API requests answered, by action (- when none was named) and status.",
+        );
+        let requests = a
+            .stats
+            .ec2_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for ((action, code), n) in requests {
+            let code = code.to_string();
+            f.sample(name, &[("action", action), ("code", &code)], n as f64);
+        }
+    }
     let counters = [
         (
             "emberd_vmm_launches_total",

@@ -162,12 +162,15 @@ async fn handle(State(ec2): State<Arc<Ec2>>, req: Request) -> Response {
         Ok(body) => xml_response(StatusCode::OK, body.clone()),
         Err(e) => error_response(e, &rid),
     };
-    log::info!(
-        "ec2: {} {} {}",
-        out.action,
-        response.status().as_u16(),
-        out.key
-    );
+    let status = response.status().as_u16();
+    log::info!("ec2: {} {status} {}", out.action, out.key);
+    *ec2.agent
+        .stats
+        .ec2_requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry((out.action, status))
+        .or_insert(0) += 1;
     response
 }
 

@@ -79,6 +79,8 @@ pub struct Settings {
 pub struct Stats {
     /// API requests answered, by method and status.
     pub requests: Mutex<std::collections::BTreeMap<(String, u16), u64>>,
+    /// EC2 API requests answered, by action (`-` when none was named or known) and status.
+    pub ec2_requests: Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
     /// VMM processes started.
     pub launches: std::sync::atomic::AtomicU64,
     /// VMM exits seen.

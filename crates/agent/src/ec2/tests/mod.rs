@@ -308,6 +308,18 @@ async fn requests_that_fail_before_the_action() {
     *elsewhere.uri_mut() = "/v1/instances".parse().unwrap();
     let got = error(&w.send(elsewhere).await);
     assert_eq!((got.0, got.1.as_str()), (400, "InvalidRequest"));
+    // Every answer was counted for /metrics, by action and status.
+    let text = crate::prometheus::render(&w.agent).unwrap();
+    assert!(
+        text.contains("emberd_ec2_requests_total{action=\"DescribeRegions\",code=\"403\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "emberd_ec2_requests_total{action=\"DescribeAvailabilityZones\",code=\"200\"} 1"
+        ),
+        "{text}"
+    );
 }
 
 #[test]
