@@ -80,27 +80,8 @@ def _round(ctx, vmm: str, i: int, ns: str, attempt: int = 1) -> dict:
     out: dict = {}
     try:
         vm.wait_for(READY, timeout=300)
-        s = _connect(vm, uds, 5000)
-        chunk = bytes(MIB)
-        t0 = time.monotonic()
-        for _ in range(N_MIB):
-            s.sendall(chunk)
-        s.shutdown(socket.SHUT_WR)
-        m = vm.wait_for(r"RX-BYTES-(\d+)", timeout=600)
-        s.close()
-        if int(m.group(1)) != N_MIB * MIB:
-            raise CaseFailed(f"{name}: the guest got {m.group(1)} of {N_MIB * MIB} bytes")
-        out["h2g_mib_s"] = N_MIB / (vm.matched_at - t0)
-        t = _tcp_connect(vm, ns, 5001)
-        t0 = time.monotonic()
-        for _ in range(N_MIB):
-            t.sendall(chunk)
-        t.shutdown(socket.SHUT_WR)
-        m = vm.wait_for(r"TCP-RX-BYTES-(\d+)", timeout=600)
-        t.close()
-        if int(m.group(1)) != N_MIB * MIB:
-            raise CaseFailed(f"{name}: the guest got {m.group(1)} of {N_MIB * MIB} TCP bytes")
-        out["tcp_h2g_mib_s"] = N_MIB / (vm.matched_at - t0)
+        out["h2g_mib_s"] = _to_guest(vm, _connect(vm, uds, 5000), "RX-BYTES")
+        out["tcp_h2g_mib_s"] = _to_guest(vm, _tcp_connect(vm, ns, 5001), "TCP-RX-BYTES")
         m = vm.wait_for(r"HTTPLAT n=(\d+) ok=(\d+) p50_us=(\d+) p99_us=(\d+)", timeout=600)
         if m.group(1) != m.group(2):
             raise CaseFailed(f"{name}: {m.group(2)} of {m.group(1)} MMDS requests answered 200")
@@ -145,6 +126,21 @@ def _round(ctx, vmm: str, i: int, ns: str, attempt: int = 1) -> dict:
         listener.close()
         tcp_listener.close()
     return out
+
+
+def _to_guest(vm: VmProcess, s: socket.socket, marker: str) -> float:
+    """Sends N MiB on `s` and closes it; MiB/s to the guest's `<marker>-<count>` line."""
+    chunk = bytes(MIB)
+    t0 = time.monotonic()
+    for _ in range(N_MIB):
+        s.sendall(chunk)
+    s.shutdown(socket.SHUT_WR)
+    m = vm.wait_for(rf"(?<![A-Z-]){marker}-(\d+)", timeout=600)
+    s.close()
+    if int(m.group(1)) != N_MIB * MIB:
+        raise CaseFailed(f"{vm.name}: the guest got {m.group(1)} of {N_MIB * MIB} bytes "
+                         f"({marker})")
+    return N_MIB / (vm.matched_at - t0)
 
 
 def _tcp_connect(vm: VmProcess, ns: str, port: int) -> socket.socket:
