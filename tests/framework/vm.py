@@ -150,15 +150,9 @@ class VmProcess:
                 if left <= 0:
                     msg = f"{self.name}: no /{pattern}/ within {timeout:.0f}s\n{self.tail()}"
                     silent = time.monotonic() - self.last_output
-                    if self.partial.strip() and silent >= MID_LINE_SILENCE_S:
-                        # The guest's UART stopped in the middle of a line it was given
-                        # whole (a tty drains it by the THR-empty interrupt): the guest
-                        # stopped taking interrupts, the emulated host's stall
-                        # (build.EMULATION_FAULTS). On hardware KVM this fails as usual.
-                        raise EmulatedHostFault(
-                            f"{msg}\nthe console stopped mid-line "
-                            f"({self.partial[-60:]!r}) {silent:.0f} s ago")
                     if silent >= SILENCE_S and self.proc.poll() is None:
+                        # Whether the guest still runs (its timer wakes its vCPUs) tells a
+                        # lost UART interrupt from a guest the host stopped running.
                         self._cv.release()
                         try:
                             frozen, report = stall.probe(self.proc.pid)
@@ -167,6 +161,14 @@ class VmProcess:
                         msg += f"\nthe console has been silent for {silent:.0f} s; {report}"
                         if frozen:
                             raise EmulatedHostFault(msg)
+                    if self.partial.strip() and silent >= MID_LINE_SILENCE_S:
+                        # The guest's UART stopped in the middle of a line it was given
+                        # whole (a tty drains it by the THR-empty interrupt): the guest
+                        # stopped taking interrupts, the emulated host's stall
+                        # (build.EMULATION_FAULTS). On hardware KVM this fails as usual.
+                        raise EmulatedHostFault(
+                            f"{msg}\nthe console stopped mid-line "
+                            f"({self.partial[-60:]!r}) {silent:.0f} s ago")
                     raise CaseFailed(msg)
                 self._cv.wait(min(left, 0.5))
 
