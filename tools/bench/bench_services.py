@@ -38,8 +38,8 @@ GUEST = (f"vsock listen 5000 </dev/null | wc -c | sed s/^/RX-BYTES-/; "
          "nc -l -p 5001 </dev/null | wc -c | sed s/^/TCP-RX-BYTES-/; "
          "ip route add 169.254.169.254 dev eth0; "
          f"httplat 169.254.169.254 80 /latest/meta-data/instance-id {REQUESTS}; "
-         f"head -c {N_MIB * MIB} /dev/zero | nc {HOST_IP} 6001 >/dev/null; "
-         f"head -c {N_MIB * MIB} /dev/zero | vsock connect 2 6000 >/dev/null; sleep 600")
+         f"head -c {N_MIB * MIB} /dev/zero | vsock connect 2 6000 >/dev/null; "
+         f"head -c {N_MIB * MIB} /dev/zero | nc {HOST_IP} 6001 >/dev/null; sleep 600")
 ROWS = (("h2g_mib_s", "vsock host -> guest (MiB/s)"),
         ("g2h_mib_s", "vsock guest -> host (MiB/s)"),
         ("tcp_h2g_mib_s", "virtio-net TCP host -> guest (MiB/s)"),
@@ -71,10 +71,12 @@ def _round(ctx, vmm: str, i: int, ns: str, attempt: int = 1) -> dict:
         os.unlink(f"{uds}_6000")
     listener.bind(f"{uds}_6000")
     listener.listen(1)
-    listener.settimeout(600)
+    # The guest connects as soon as the step before ends (the MMDS probe's 1000 requests
+    # for the first, the first stream for the second).
+    listener.settimeout(300)
     with in_netns(ns):
         tcp_listener = socket.create_server((HOST_IP, 6001))
-    tcp_listener.settimeout(600)
+    tcp_listener.settimeout(120)
     vm = VmProcess(name, [_binary(ctx, vmm), "--no-api", "--config-file", str(d / "vm.json"),
                           "--metadata", str(d / "meta.json")], ctx.work, pre=netns_exec(ns))
     out: dict = {}
@@ -86,39 +88,10 @@ def _round(ctx, vmm: str, i: int, ns: str, attempt: int = 1) -> dict:
         if m.group(1) != m.group(2):
             raise CaseFailed(f"{name}: {m.group(2)} of {m.group(1)} MMDS requests answered 200")
         out["mmds_p50_us"], out["mmds_p99_us"] = int(m.group(3)), int(m.group(4))
-        c, _ = tcp_listener.accept()
-        c.settimeout(120)
-        t0, got = time.monotonic(), 0
-        try:
-            while got < N_MIB * MIB and (b := c.recv(MIB)):
-                got += len(b)
-        except TimeoutError:
-            log(f"{name}: TCP guest -> host stalled after {got / MIB:.1f} of {N_MIB} MiB")
-        if got == N_MIB * MIB:
-            out["tcp_g2h_mib_s"] = N_MIB / (time.monotonic() - t0)
-        c.close()
-        # Last: a stream that stalls costs only its own row.
-        c, _ = listener.accept()
-        c.settimeout(120)
-        t0, got, want = time.monotonic(), 0, N_MIB * MIB
-        try:
-            while got < want and (b := c.recv(MIB)):
-                got += len(b)
-        except TimeoutError:
-            out["g2h_stalled_at_mib"] = got / MIB
-            log(f"{name}: guest -> host stalled after {got / MIB:.1f} of {N_MIB} MiB")
-        if got == want:
-            # Timed to the last byte: the close that follows is another matter (seen:
-            # Firecracker's host end gets every byte but no EOF within 120 s).
-            out["g2h_mib_s"] = N_MIB / (time.monotonic() - t0)
-            c.settimeout(10)
-            try:
-                if c.recv(1) != b"":
-                    raise CaseFailed(f"{name}: the guest sent more than {N_MIB} MiB")
-            except TimeoutError:
-                out["g2h_no_eof"] = True
-                log(f"{name}: guest -> host: every byte arrived, but no EOF within 10 s")
-        c.close()
+        # Last, in the guest's order: a stream that stalls (the guest's script waits on
+        # it) costs only its own row and the ones after it.
+        if _from_guest(name, listener, "g2h", out):
+            _from_guest(name, tcp_listener, "tcp_g2h", out)
     except (OSError, ValueError) as e:
         raise CaseFailed(f"{name}: {e!r}\n{vm.tail()}")
     finally:
@@ -126,6 +99,39 @@ def _round(ctx, vmm: str, i: int, ns: str, attempt: int = 1) -> dict:
         listener.close()
         tcp_listener.close()
     return out
+
+
+def _from_guest(name: str, listener: socket.socket, key: str, out: dict) -> bool:
+    """Takes the guest's N MiB stream on `listener`: `out[key + "_mib_s"]`, timed to its
+    last byte, or `out[key + "_stalled_at_mib"]` after 120 s without a byte. Returns
+    whether the stream completed."""
+    try:
+        c, _ = listener.accept()
+    except TimeoutError:
+        out[f"{key}_stalled_at_mib"] = 0.0
+        log(f"{name}: {key}: the guest never connected")
+        return False
+    c.settimeout(120)
+    t0, got, want = time.monotonic(), 0, N_MIB * MIB
+    try:
+        while got < want and (b := c.recv(MIB)):
+            got += len(b)
+    except TimeoutError:
+        out[f"{key}_stalled_at_mib"] = got / MIB
+        log(f"{name}: {key} stalled after {got / MIB:.1f} of {N_MIB} MiB")
+    if got == want:
+        # Timed to the last byte: the close that follows is another matter (seen:
+        # Firecracker's host end gets every byte but no EOF within 120 s).
+        out[f"{key}_mib_s"] = N_MIB / (time.monotonic() - t0)
+        c.settimeout(10)
+        try:
+            if c.recv(1) != b"":
+                raise CaseFailed(f"{name}: the guest sent more than {N_MIB} MiB")
+        except TimeoutError:
+            out[f"{key}_no_eof"] = True
+            log(f"{name}: {key}: every byte arrived, but no EOF within 10 s")
+    c.close()
+    return got == want
 
 
 def _to_guest(vm: VmProcess, s: socket.socket, marker: str) -> float:
@@ -209,14 +215,16 @@ def _(ctx):
     log(f"{'median':40}" + "".join(f"{v:>14}" for v in vmms)
         + "".join(f"{'ember/' + v:>19}" for v in others))
     for v in vmms:
-        stalls = [s["g2h_stalled_at_mib"] for s in samples[v] if "g2h_stalled_at_mib" in s]
-        if stalls:
-            log(f"{v}: guest -> host stalled in {len(stalls)} of {len(samples[v])} rounds "
-                f"(after {', '.join(f'{x:.1f}' for x in stalls)} MiB; 120 s without a byte)")
-        no_eof = sum(1 for s in samples[v] if s.get("g2h_no_eof"))
-        if no_eof:
-            log(f"{v}: guest -> host: every byte but no EOF within 10 s in {no_eof} of "
-                f"{len(samples[v])} rounds (the row is timed to the last byte)")
+        for key, what in (("g2h", "vsock guest -> host"), ("tcp_g2h", "TCP guest -> host")):
+            stalls = [s[f"{key}_stalled_at_mib"] for s in samples[v]
+                      if f"{key}_stalled_at_mib" in s]
+            if stalls:
+                log(f"{v}: {what} stalled in {len(stalls)} of {len(samples[v])} rounds (after "
+                    f"{', '.join(f'{x:.1f}' for x in stalls)} MiB; 120 s without a byte)")
+            no_eof = sum(1 for s in samples[v] if s.get(f"{key}_no_eof"))
+            if no_eof:
+                log(f"{v}: {what}: every byte but no EOF within 10 s in {no_eof} of "
+                    f"{len(samples[v])} rounds (the row is timed to the last byte)")
     for key, what in ROWS:
         cells = "".join(f"{med(v, key):14.1f}" for v in vmms)
         ratios = "".join(f"{med('ember', key) / med(v, key):18.2f}x" for v in others)
