@@ -9,7 +9,9 @@ same emberd answered through its EC2 endpoint (boto3, SigV4, XML) and through it
   (boto3's `instance_running` waiter polling every 0.2 s; the JSON API polled as often);
   rounds alternate which API goes first, and the instances are terminated between them.
 
-emberd closes every connection after one answer, so both clients connect per request. No
+emberd closes every connection after one answer, so every client connects per request.
+A third column replays one botocore-signed DescribeInstances with urllib: emberd's own
+share (SigV4 check, the describe, the XML), without boto3's signing and parsing. No
 peer agent to run beside it: the JSON API is the yardstick the issue asks for."""
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+import urllib.request
 
 from framework import ec2
 from framework.agent import Emberd, register
@@ -27,6 +30,25 @@ from harness import case, log
 ROUNDS = int(os.environ.get("EMBER_BENCH_RUNS", "3"))
 CALLS = 200
 WAIT = {"Delay": 0.2, "MaxAttempts": 3000}
+
+
+RAW = "EC2 API (signed once)"
+APIS = ("EC2 API (boto3)", RAW, "JSON API")
+
+
+def _presigned_describe() -> urllib.request.Request:
+    """One DescribeInstances signed by botocore, replayed as is (emberd accepts a signature
+    for 5 minutes): emberd's own share of a call, without boto3's signing and parsing."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    body = "Action=DescribeInstances&Version=2016-11-15"
+    req = AWSRequest(method="POST", url=ec2.endpoint() + "/", data=body,
+                     headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+    SigV4Auth(Credentials(ec2.KEY_ID, ec2.SECRET), "ec2", ec2.REGION).add_auth(req)
+    p = req.prepare()
+    return urllib.request.Request(p.url, data=body.encode(), method="POST",
+                                  headers=dict(p.headers))
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -80,13 +102,16 @@ def _(ctx):
                         c.stop_instances(InstanceIds=ids, Force=True)
                         c.get_waiter("instance_stopped").wait(InstanceIds=ids, WaiterConfig=WAIT)
                     made += ids
-                lat: dict[str, list[float]] = {"EC2 API (boto3)": [], "JSON API": []}
+                lat: dict[str, list[float]] = {a: [] for a in APIS}
+                raw = _presigned_describe()
                 for k in range(CALLS):
-                    for api in (("JSON API", "EC2 API (boto3)") if k % 2 else
-                                ("EC2 API (boto3)", "JSON API")):
+                    for api in APIS[k % 3:] + APIS[:k % 3]:
                         t = time.perf_counter()
                         if api == "JSON API":
                             n = len(call(agent.sock, "GET", "/v1/instances")[1]["instances"])
+                        elif api == RAW:
+                            with urllib.request.urlopen(raw, timeout=60) as r:
+                                n = r.read().count(b"<instanceId>")
                         else:
                             n = sum(len(x["Instances"]) for x in
                                     c.describe_instances()["Reservations"])
@@ -107,13 +132,15 @@ def _(ctx):
             log(f"EC2 API benchmark, {where}; {ROUNDS} interleaved rounds of RunInstances "
                 f"-> running (3 x e1.nano), {CALLS} DescribeInstances of 20 instances"
                 f"{' (stopped: see the module)' if ctx.emulated else ''}")
-            log(f"{'':44}{'EC2 API (boto3)':>18}{'JSON API':>12}{'EC2 / JSON':>12}")
+            log(f"{'':44}{'EC2 API (boto3)':>18}{RAW:>24}{'JSON API':>12}"
+                f"{'boto3 / JSON':>14}{'signed once / JSON':>20}")
             e, j = statistics.median(runs["EC2 API (boto3)"]), statistics.median(runs["JSON API"])
-            log(f"{'RunInstances -> all 3 running, median (s)':44}{e:18.2f}{j:12.2f}{e / j:11.2f}x")
+            log(f"{'RunInstances -> all 3 running, median (s)':44}{e:18.2f}{'':>24}{j:12.2f}"
+                f"{e / j:13.2f}x")
             for p, name in ((.5, "p50"), (.99, "p99")):
-                e, j = pct(lat["EC2 API (boto3)"], p), pct(lat["JSON API"], p)
+                e, r, j = (pct(lat[a], p) for a in APIS)
                 log(f"{'DescribeInstances, 20 instances, ' + name + ' (ms)':44}"
-                    f"{e:18.2f}{j:12.2f}{e / j:11.2f}x")
+                    f"{e:18.2f}{r:24.2f}{j:12.2f}{e / j:13.2f}x{r / j:19.2f}x")
             ctx.data(runs=runs, describe_ms=lat)
         finally:
             agent.stop_all()
