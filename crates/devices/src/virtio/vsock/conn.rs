@@ -266,13 +266,11 @@ impl Conn {
             (State::Established, op::SHUTDOWN) => {
                 self.peer_shut_rcv |= hdr.flags & SHUTDOWN_RCV != 0;
                 self.peer_shut_send |= hdr.flags & SHUTDOWN_SEND != 0;
-                if self.peer_shut_rcv && self.peer_shut_send {
-                    // The guest closed its socket: deliver what the host takes now, reset.
-                    self.flush();
-                    self.kill(false);
-                } else {
-                    self.flush();
-                }
+                // Both flags: the guest closed its socket. What it sent before still goes
+                // to the host, as TCP's data before a FIN does; the reset follows once the
+                // held bytes are out (`maybe_shut_write`). A guest that will not wait
+                // resets the connection itself (Linux does after 8 s).
+                self.flush();
             }
             _ => {
                 log::debug!("vsock: {:?}: unexpected op {}", self.key, hdr.op);
@@ -339,7 +337,12 @@ impl Conn {
             if let Some(Err(e)) = self.stream.as_ref().map(Stream::shutdown_write) {
                 log::debug!("vsock: {:?}: shutdown: {e}", self.key);
                 self.kill(true);
+                return;
             }
+        }
+        if self.write_shut && self.peer_shut_rcv && self.state == State::Established {
+            // The guest closed its socket and everything it sent is out: reset.
+            self.kill(false);
         }
     }
 

@@ -449,6 +449,41 @@ fn with_host_listener(port: u32) -> (Vsock, Guest, UnixListener) {
 }
 
 #[test]
+fn what_the_guest_sent_before_closing_reaches_the_host_then_the_reset() {
+    let (_dev, mut g, listener) = with_host_listener(60);
+    g.send(g.hdr(4100, 60, op::REQUEST), &[]);
+    assert_eq!(g.recv().0.op, op::RESPONSE);
+    let (mut host, _) = listener.accept().unwrap();
+    // The whole credit while the host reads nothing: more than its socket buffer takes,
+    // so the device still holds some when the guest closes its socket.
+    let data: Vec<u8> = (0..BUF_ALLOC as usize)
+        .map(|i| u8::try_from(i % 251).unwrap())
+        .collect();
+    for chunk in data.chunks(4096) {
+        g.send(g.hdr(4100, 60, op::RW), chunk);
+    }
+    g.send(
+        Header {
+            flags: SHUTDOWN_RCV | SHUTDOWN_SEND,
+            ..g.hdr(4100, 60, op::SHUTDOWN)
+        },
+        &[],
+    );
+    g.wait_tx_drained();
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    host.read_to_end(&mut got).unwrap();
+    assert!(
+        got == data,
+        "the host got {} of {} bytes",
+        got.len(),
+        data.len()
+    );
+    let (h, _) = g.recv_not_credit();
+    assert_eq!(h.op, op::RST);
+}
+
+#[test]
 fn guest_requests_reach_host_listeners_or_get_rst() {
     let (_dev, mut g, listener) = with_host_listener(52);
 
