@@ -7,7 +7,7 @@
 use super::packet::{op, Header, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::sock::{would_block, Stream};
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::EventSet;
 
 /// The receive buffer we advertise per connection: the most guest data ember ever holds
@@ -16,6 +16,9 @@ pub const BUF_ALLOC: u32 = 256 << 10;
 /// Forwarded bytes after which the guest is told of the space freed, unasked: a quarter
 /// of the buffer, so a sender waiting on credit never waits for long.
 const CREDIT_UPDATE_AFTER: u32 = BUF_ALLOC / 4;
+/// How long a connection whose guest socket is closed may wait for the host to take the
+/// bytes still held for it (Firecracker's bound too); then it is reset, the bytes lost.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 
 /// A connection's identity: the host-side port and the guest-side port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,6 +91,9 @@ pub struct Conn {
     greeting_left: usize,
     peer_shut_rcv: bool,
     peer_shut_send: bool,
+    /// The guest closed its socket with bytes still held for the host: the reset comes
+    /// when they are out, or at this time.
+    drain_by: Option<Instant>,
     host_eof: bool,
     write_shut: bool,
 }
@@ -114,6 +120,7 @@ impl Conn {
             greeting_left: 0,
             peer_shut_rcv: false,
             peer_shut_send: false,
+            drain_by: None,
             host_eof: false,
             write_shut: false,
         }
@@ -164,7 +171,8 @@ impl Conn {
     pub fn deadline(&self) -> Option<Instant> {
         match self.state {
             State::LocalInit { deadline } => Some(deadline),
-            _ => None,
+            State::Established => self.drain_by,
+            State::Killed => None,
         }
     }
 
@@ -269,8 +277,13 @@ impl Conn {
                 // Both flags: the guest closed its socket. What it sent before still goes
                 // to the host, as TCP's data before a FIN does; the reset follows once the
                 // held bytes are out (`maybe_shut_write`). A guest that will not wait
-                // resets the connection itself (Linux does after 8 s).
+                // resets the connection itself (Linux does after 8 s); we wait
+                // CLOSE_DRAIN at most.
                 self.flush();
+                if self.peer_shut_rcv && self.peer_shut_send && self.state == State::Established {
+                    self.drain_by
+                        .get_or_insert_with(|| Instant::now() + CLOSE_DRAIN);
+                }
             }
             _ => {
                 log::debug!("vsock: {:?}: unexpected op {}", self.key, hdr.op);

@@ -444,7 +444,7 @@ impl Muxer {
             .collect();
         for key in late {
             if let Some(c) = self.conns.get_mut(&key) {
-                log::debug!("vsock: the guest did not answer {key:?} in time");
+                log::debug!("vsock: {key:?} timed out (no answer to our request, or a closed guest socket whose bytes the host did not take)");
                 c.kill(true);
             }
             self.settle(key)?;

@@ -481,6 +481,23 @@ fn what_the_guest_sent_before_closing_reaches_the_host_then_the_reset() {
     );
     let (h, _) = g.recv_not_credit();
     assert_eq!(h.op, op::RST);
+
+    // A host that takes nothing after the guest's close: reset after CLOSE_DRAIN (2 s).
+    g.send(g.hdr(4101, 60, op::REQUEST), &[]);
+    assert_eq!(g.recv_not_credit().0.op, op::RESPONSE);
+    let (_idle, _) = listener.accept().unwrap();
+    for chunk in data.chunks(4096) {
+        g.send(g.hdr(4101, 60, op::RW), chunk);
+    }
+    g.send(
+        Header {
+            flags: SHUTDOWN_RCV | SHUTDOWN_SEND,
+            ..g.hdr(4101, 60, op::SHUTDOWN)
+        },
+        &[],
+    );
+    let (h, _) = g.recv_not_credit();
+    assert_eq!((h.op, h.src_port), (op::RST, 60));
 }
 
 #[test]
