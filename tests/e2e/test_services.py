@@ -172,6 +172,14 @@ def test_vsock_64mib_each_way_and_refused_ports(ctx):
     vm.kill()
 
 
+def test_vsock_guest_reboot_exits_zero(ctx):
+    # A guest reset with a vsock device once ended ember by SIGSYS (the VMM thread's
+    # removal of the socket was outside its seccomp filter; found by bench_services).
+    vm, _ = vsock_vm(ctx, "vr", "echo VSOCK-GUEST-DONE")
+    rc = vm.wait_exit(timeout=120)
+    expect(rc == 0, f"ember exited with {rc} after the guest rebooted\n{vm.tail()}")
+
+
 def test_vsock_100_short_connections_and_a_refused_host_port(ctx):
     guest = ("(vsock connect 2 7000 </dev/null; echo HOSTPORT-STATUS $?); "
              "vsock echo 5001")

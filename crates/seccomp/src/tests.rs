@@ -157,6 +157,33 @@ fn what_every_thread_does_is_allowed() {
 }
 
 #[test]
+fn only_the_vmm_thread_removes_files() {
+    if under_qemu_user() {
+        eprintln!("skipped: seccomp filters cannot be installed under qemu-user");
+        return;
+    }
+    // The VMM thread removes the vsock socket it bound when ember ends (a guest reset with
+    // a vsock device used to end ember by SIGSYS here); no other thread removes anything.
+    let unlink = || {
+        // The path does not exist: the call fails with ENOENT where the filter allows it.
+        let _ = std::fs::remove_file("/nonexistent/ember-seccomp-test");
+        0
+    };
+    for kind in ThreadKind::ALL {
+        let status = in_child(&built_in(kind), unlink);
+        if kind == ThreadKind::Vmm {
+            assert!(exited_zero(status), "vmm: unlink refused ({status:#x})");
+        } else {
+            assert!(
+                killed_by_sigsys(status),
+                "{}: unlink allowed ({status:#x})",
+                kind.key()
+            );
+        }
+    }
+}
+
+#[test]
 fn only_the_vcpu_filter_allows_kvm_run() {
     if under_qemu_user() {
         eprintln!("skipped: seccomp filters cannot be installed under qemu-user");
