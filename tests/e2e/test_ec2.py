@@ -271,35 +271,13 @@ def test_ec2_bad_requests_get_ec2s_error_codes_and_emberd_keeps_serving(ctx, emb
 
 
 def signed_post(params, when=None) -> tuple[int, str]:
-    """POSTs a SigV4-signed Query request (a dict, or a raw body) the way botocore signs one,
-    at time `when` (default now); returns (status, body)."""
+    """POSTs a signed Query request (a dict, or a raw body) at time `when` (default now);
+    returns (status, body)."""
     import urllib.parse
-
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-    if isinstance(params, dict):
-        body = urllib.parse.urlencode({"Version": "2016-11-15", **params})
-    else:
-        body = params
-    req = AWSRequest(method="POST", url=ec2.endpoint() + "/", data=body,
-                     headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
-    signer = SigV4Auth(Credentials(ec2.KEY_ID, ec2.SECRET), "ec2", ec2.REGION)
-    if when is not None:
-        # botocore signs with the time its get_current_datetime gives (UTC, naive).
-        import unittest.mock
-        with unittest.mock.patch("botocore.auth.get_current_datetime",
-                                 return_value=when.astimezone(datetime.timezone.utc)
-                                 .replace(tzinfo=None)):
-            signer.add_auth(req)
-    else:
-        signer.add_auth(req)
-    prepared = req.prepare()
-    data = prepared.body.encode() if isinstance(prepared.body, str) else prepared.body
-    r = urllib.request.Request(prepared.url, data=data, method="POST",
-                               headers=dict(prepared.headers))
+    body = (urllib.parse.urlencode({"Version": "2016-11-15", **params})
+            if isinstance(params, dict) else params)
     try:
-        with urllib.request.urlopen(r, timeout=30) as resp:
+        with urllib.request.urlopen(ec2.signed_request(body, when), timeout=30) as resp:
             return resp.status, resp.read().decode(errors="replace")
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from .common import expect
@@ -58,6 +59,31 @@ def client(url: str, key_id: str = KEY_ID, secret: str = SECRET, region: str = R
                         aws_access_key_id=key_id, aws_secret_access_key=secret,
                         config=Config(retries={"max_attempts": 1, "mode": "standard"},
                                       connect_timeout=10, read_timeout=120))
+
+
+def signed_request(body: str, when=None) -> urllib.request.Request:
+    """A POST of the form `body` to emberd's endpoint, signed as botocore signs one, at
+    time `when` (an aware datetime; default now): what boto3 would send, for requests it
+    will not make (a stale date, a bad form) and to replay one without boto3's costs."""
+    import datetime
+    import unittest.mock
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    req = AWSRequest(method="POST", url=endpoint() + "/", data=body,
+                     headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+    signer = SigV4Auth(Credentials(KEY_ID, SECRET), "ec2", REGION)
+    if when is None:
+        signer.add_auth(req)
+    else:
+        # botocore signs with the time its get_current_datetime gives (UTC, naive).
+        utc = when.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        with unittest.mock.patch("botocore.auth.get_current_datetime", return_value=utc):
+            signer.add_auth(req)
+    p = req.prepare()
+    data = p.body.encode() if isinstance(p.body, str) else p.body
+    return urllib.request.Request(p.url, data=data, method="POST", headers=dict(p.headers))
 
 
 def aws(ns: str, creds: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -36,21 +36,6 @@ RAW = "EC2 API (signed once)"
 APIS = ("EC2 API (boto3)", RAW, "JSON API")
 
 
-def _presigned_describe() -> urllib.request.Request:
-    """One DescribeInstances signed by botocore, replayed as is (emberd accepts a signature
-    for 5 minutes): emberd's own share of a call, without boto3's signing and parsing."""
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-    body = "Action=DescribeInstances&Version=2016-11-15"
-    req = AWSRequest(method="POST", url=ec2.endpoint() + "/", data=body,
-                     headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
-    SigV4Auth(Credentials(ec2.KEY_ID, ec2.SECRET), "ec2", ec2.REGION).add_auth(req)
-    p = req.prepare()
-    return urllib.request.Request(p.url, data=body.encode(), method="POST",
-                                  headers=dict(p.headers))
-
-
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * p))]
@@ -103,7 +88,8 @@ def _(ctx):
                         c.get_waiter("instance_stopped").wait(InstanceIds=ids, WaiterConfig=WAIT)
                     made += ids
                 lat: dict[str, list[float]] = {a: [] for a in APIS}
-                raw = _presigned_describe()
+                # Replayed as is (emberd accepts a signature for 5 minutes): emberd's own share.
+                raw = ec2.signed_request("Action=DescribeInstances&Version=2016-11-15")
                 for k in range(CALLS):
                     for api in APIS[k % 3:] + APIS[:k % 3]:
                         t = time.perf_counter()

@@ -4,10 +4,20 @@ use std::io::Read;
 
 /// A new id with `prefix` (`i`, `img`, `vol`), from the kernel's random source.
 pub fn new_id(prefix: &str) -> std::io::Result<String> {
-    let mut bytes = [0u8; 9];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex(&random_bytes::<9>()?);
     Ok(format!("{prefix}-{}", &hex[..17]))
+}
+
+/// `N` bytes from the kernel's random source.
+pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether `s` looks like an id with `prefix`.

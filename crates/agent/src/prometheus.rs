@@ -212,45 +212,37 @@ pub fn render(a: &Agent) -> Result<String, AgentError> {
     Ok(out)
 }
 
+/// A counter family of answers by (`label`, status code), from one of the agent's tallies.
+fn requests_family<K: AsRef<str> + Clone>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    tally: &std::sync::Mutex<std::collections::BTreeMap<(K, u16), u64>>,
+) {
+    let mut f = Family::new(out, name, "counter", help);
+    let counts = tally.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for ((key, code), n) in counts {
+        let code = code.to_string();
+        f.sample(name, &[(label, key.as_ref()), ("code", &code)], n as f64);
+    }
+}
+
 fn agent_families(a: &Agent, instances: &[db::Instance], out: &mut String) {
-    {
-        let name = "emberd_http_requests_total";
-        let mut f = Family::new(
-            out,
-            name,
-            "counter",
-            "API requests answered, by method and status.",
-        );
-        let requests = a
-            .stats
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for ((method, code), n) in requests {
-            let code = code.to_string();
-            f.sample(name, &[("method", &method), ("code", &code)], n as f64);
-        }
-    }
-    {
-        let name = "emberd_ec2_requests_total";
-        let mut f = Family::new(
-            out,
-            name,
-            "counter",
-            "EC2 API requests answered, by action (- when none was named) and status.",
-        );
-        let requests = a
-            .stats
-            .ec2_requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for ((action, code), n) in requests {
-            let code = code.to_string();
-            f.sample(name, &[("action", action), ("code", &code)], n as f64);
-        }
-    }
+    requests_family(
+        out,
+        "emberd_http_requests_total",
+        "API requests answered, by method and status.",
+        "method",
+        &a.stats.requests,
+    );
+    requests_family(
+        out,
+        "emberd_ec2_requests_total",
+        "EC2 API requests answered, by action (- when none was named) and status.",
+        "action",
+        &a.stats.ec2_requests,
+    );
     let counters = [
         (
             "emberd_vmm_launches_total",

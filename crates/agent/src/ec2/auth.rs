@@ -12,6 +12,7 @@
 use super::credentials::Credentials;
 use super::errors::Ec2Error;
 use super::params::decode_form;
+use crate::ids::hex;
 use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -305,11 +306,6 @@ pub fn uri_encode(s: &str, keep_slash: bool) -> String {
         }
     }
     out
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {

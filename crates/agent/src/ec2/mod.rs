@@ -35,7 +35,6 @@ use credentials::Credentials;
 use errors::Ec2Error;
 use params::{decode_form, Params};
 use requests::{Action, Request as Ec2Request};
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,19 +102,17 @@ pub fn router(agent: Arc<Agent>, settings: Ec2Settings) -> Router {
 
 /// A new request id (a random UUID, as EC2's are).
 pub fn request_id() -> String {
-    let mut b = [0u8; 16];
-    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
-    if random.is_err() {
+    let mut b = crate::ids::random_bytes::<16>().unwrap_or_else(|_| {
         // Unique enough to find a request in the log by, which is all it is for.
-        let t = std::time::SystemTime::now()
+        std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        b = t.to_le_bytes();
-    }
+            .unwrap_or(0)
+            .to_le_bytes()
+    });
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = auth::hex(&b);
+    let h = crate::ids::hex(&b);
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],

@@ -451,24 +451,30 @@ fn with_host_listener(port: u32) -> (Vsock, Guest, UnixListener) {
 #[test]
 fn what_the_guest_sent_before_closing_reaches_the_host_then_the_reset() {
     let (_dev, mut g, listener) = with_host_listener(60);
-    g.send(g.hdr(4100, 60, op::REQUEST), &[]);
-    assert_eq!(g.recv().0.op, op::RESPONSE);
-    let (mut host, _) = listener.accept().unwrap();
     // The whole credit while the host reads nothing: more than its socket buffer takes,
     // so the device still holds some when the guest closes its socket.
     let data: Vec<u8> = (0..BUF_ALLOC as usize)
         .map(|i| u8::try_from(i % 251).unwrap())
         .collect();
-    for chunk in data.chunks(4096) {
-        g.send(g.hdr(4100, 60, op::RW), chunk);
-    }
-    g.send(
-        Header {
-            flags: SHUTDOWN_RCV | SHUTDOWN_SEND,
-            ..g.hdr(4100, 60, op::SHUTDOWN)
-        },
-        &[],
-    );
+    // Connects guest port `gport` to the host listener, sends `data`, closes the socket.
+    let send_then_close = |g: &mut Guest, gport: u32| {
+        g.send(g.hdr(gport, 60, op::REQUEST), &[]);
+        assert_eq!(g.recv_not_credit().0.op, op::RESPONSE);
+        let (host, _) = listener.accept().unwrap();
+        for chunk in data.chunks(4096) {
+            g.send(g.hdr(gport, 60, op::RW), chunk);
+        }
+        g.send(
+            Header {
+                flags: SHUTDOWN_RCV | SHUTDOWN_SEND,
+                ..g.hdr(gport, 60, op::SHUTDOWN)
+            },
+            &[],
+        );
+        host
+    };
+
+    let mut host = send_then_close(&mut g, 4100);
     g.wait_tx_drained();
     host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut got = Vec::new();
@@ -479,23 +485,10 @@ fn what_the_guest_sent_before_closing_reaches_the_host_then_the_reset() {
         got.len(),
         data.len()
     );
-    let (h, _) = g.recv_not_credit();
-    assert_eq!(h.op, op::RST);
+    assert_eq!(g.recv_not_credit().0.op, op::RST);
 
     // A host that takes nothing after the guest's close: reset after CLOSE_DRAIN (2 s).
-    g.send(g.hdr(4101, 60, op::REQUEST), &[]);
-    assert_eq!(g.recv_not_credit().0.op, op::RESPONSE);
-    let (_idle, _) = listener.accept().unwrap();
-    for chunk in data.chunks(4096) {
-        g.send(g.hdr(4101, 60, op::RW), chunk);
-    }
-    g.send(
-        Header {
-            flags: SHUTDOWN_RCV | SHUTDOWN_SEND,
-            ..g.hdr(4101, 60, op::SHUTDOWN)
-        },
-        &[],
-    );
+    let _idle = send_then_close(&mut g, 4101);
     let (h, _) = g.recv_not_credit();
     assert_eq!((h.op, h.src_port), (op::RST, 60));
 }
