@@ -9,8 +9,10 @@
   each after a warm-up: p50, p99, max.
 
 No guest is started, so this runs on this machine directly whatever its /dev/kvm is.
-With EMBER_BASELINE=PATH, that other ember build is measured the same way, its exec -> API
-ready runs interleaved with this build's, and the table has both.
+ember is the build users run (tools/build.sh: release, static). With EMBER_BASELINE=PATH,
+that other ember build is measured the same way, its exec -> API ready runs interleaved
+with this build's, and the table has both; with FIRECRACKER=PATH, Firecracker too (its
+seccomp filters on, as ember's are).
 Usage: tools/bench/bench_api.py [RUNS] [REQUESTS]   (default 30 and 2000)"""
 
 from __future__ import annotations
@@ -67,10 +69,12 @@ def ready_once(ember: str, sock: str) -> tuple[float, float | None]:
             finally:
                 s.close()
             if time.monotonic() - t0 > 10:
-                raise RuntimeError("ember did not answer within 10 s")
+                raise RuntimeError(f"{ember} did not answer within 10 s")
     finally:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
+        # Firecracker refuses a socket path that exists; ember replaces it.
+        Path(sock).unlink(missing_ok=True)
     m = re.search(r"exec to API ready: (\d+) us", Path(log.name).read_text())
     os.unlink(log.name)
     return took, (int(m.group(1)) / 1000 if m else None)
@@ -107,14 +111,18 @@ def measure_latencies(ember: str, sock: str) -> tuple[list[float], list[float]]:
     put = latencies(sock, "PUT", "/machine-config", b'{"vcpu_count": 2, "mem_size_mib": 256}')
     p.kill()
     p.wait()
+    Path(sock).unlink(missing_ok=True)
     return get, put
 
 
 def main() -> int:
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ember"], check=True, cwd=ROOT)
-    builds = {"ember": str(ROOT / "target/release/ember")}
+    out = subprocess.run([str(ROOT / "tools/build.sh"), "-q"], check=True, cwd=ROOT,
+                         capture_output=True, text=True).stdout.strip()
+    builds = {"ember": str(Path(out) / "ember")}
     if os.environ.get("EMBER_BASELINE"):
         builds["baseline"] = os.environ["EMBER_BASELINE"]
+    if os.environ.get("FIRECRACKER"):
+        builds["firecracker"] = os.environ["FIRECRACKER"]
     names = list(builds)
     work = Path(tempfile.mkdtemp(prefix="ember-bench-api-"))
     sock = str(work / "api.sock")
@@ -146,9 +154,10 @@ def main() -> int:
             xs = lat[name][i]
             print(f"{label:<52} {name:<9} {pct(xs, .5):>9.1f} {pct(xs, .99):>9.1f} "
                   f"{max(xs):>9.1f}")
-    if "baseline" in names:
-        r = statistics.median(client["ember"]) / statistics.median(client["baseline"])
-        print(f"ember/baseline median exec -> GET / answered: {r:.2f}x")
+    for peer in ("baseline", "firecracker"):
+        if peer in names:
+            r = statistics.median(client["ember"]) / statistics.median(client[peer])
+            print(f"ember/{peer} median exec -> GET / answered: {r:.2f}x")
     return 0
 
 

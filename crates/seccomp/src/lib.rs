@@ -169,35 +169,36 @@ fn host_arch() -> seccompiler::TargetArch {
 static POLICY: OnceLock<Policy> = OnceLock::new();
 
 /// Chooses the policy for every thread of the process, and installs the SIGSYS handler
-/// that reports a forbidden call; once, before any thread confines itself. A process that
-/// never chooses (the device and VMM crates' own unit tests, which start device and vCPU
-/// threads inside the test harness) installs no filters; ember always chooses, and
-/// tests/e2e/test_seccomp.py checks that its every thread is confined.
+/// that reports a forbidden call; once, before any other thread starts (see
+/// [`one_arena`]). A process that never chooses (the device and VMM crates' own unit
+/// tests, which start device and vCPU threads inside the test harness) installs no
+/// filters; ember always chooses, and tests/e2e/test_seccomp.py checks that its every
+/// thread is confined.
 pub fn set_policy(policy: Policy) -> Result<(), SeccompError> {
+    one_arena();
     if !matches!(policy, Policy::Off) {
         sigsys::install().map_err(|e| SeccompError::Handler(e.to_string()))?;
-        prime_allocator();
     }
     POLICY.set(policy).map_err(|_| SeccompError::AlreadySet)
 }
 
-/// glibc's allocator opens `/proc/sys/vm/overcommit_memory` the first time a thread's own
-/// arena gives memory back (`shrink_heap`), and keeps the answer. A confined thread must
-/// not be the first: its filter has no `openat` (seen: the vsock thread freeing a
-/// connection's buffer mid-transfer died of SIGSYS 257). So a short thread does it once,
-/// before any filter: chunks under the mmap threshold come from its arena, and freeing
-/// them leaves a top chunk far above the trim threshold, which makes glibc trim the heap.
-/// Elsewhere (another libc) this is an allocation and a free, nothing more.
-pub fn prime_allocator() {
-    let primed = std::thread::Builder::new()
-        .name("ember_prime".into())
-        .spawn(|| {
-            let chunks: Vec<Vec<u8>> = (0..32).map(|_| vec![1u8; 64 << 10]).collect();
-            drop(chunks);
-        })
-        .map(|t| t.join());
-    if let Err(e) = primed {
-        log::warn!("cannot start the allocator-priming thread: {e}");
+/// Keeps every thread on glibc's main arena (`M_ARENA_MAX` = 1). A thread arena, the
+/// first time it gives memory back (`shrink_heap`), makes glibc open
+/// `/proc/sys/vm/overcommit_memory`, and a confined thread's filter has no `openat` (seen:
+/// the vsock thread freeing a connection's buffer mid-transfer died of SIGSYS 257). The
+/// main arena grows and shrinks with `brk`, which every filter allows, and never reads that
+/// file. (Priming a thread arena before any filter, which ember did before, cost a thread
+/// and 0.2 ms of every start, a fifth of exec -> API ready.) One arena is one lock, as in
+/// musl's allocator, which Firecracker's builds use; glibc's per-thread caches still serve
+/// small allocations without it. Takes effect only if called before the process's second
+/// thread starts: glibc fixes its arena limit when the first thread allocates. Elsewhere
+/// (another libc) it does nothing.
+pub fn one_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt changes a tunable of glibc's allocator; it takes the allocator's own
+    // lock and touches no memory of ours.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 

@@ -250,32 +250,6 @@ fn only_vsock_and_vcpu_make_sockets_and_only_unix_ones() {
 }
 
 #[test]
-fn a_confined_thread_can_free_large_buffers_once_the_allocator_is_primed() {
-    if under_qemu_user() {
-        eprintln!("skipped: seccomp filters cannot be installed under qemu-user");
-        return;
-    }
-    prime_allocator();
-    for kind in ThreadKind::ALL {
-        let churn = || {
-            // The child's one thread is a test-harness thread, with its own arena: growing
-            // and freeing its heap makes glibc trim it.
-            for _ in 0..4 {
-                let chunks: Vec<Vec<u8>> = (0..32).map(|_| vec![2u8; 64 << 10]).collect();
-                drop(chunks);
-            }
-            0
-        };
-        let status = in_child(&built_in(kind), churn);
-        assert!(
-            exited_zero(status),
-            "{}: heap trim refused ({status:#x})",
-            kind.key()
-        );
-    }
-}
-
-#[test]
 fn a_filter_file_needs_every_thread_kind_and_names_what_is_missing() {
     let dir = std::env::temp_dir().join(format!("ember-seccomp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
