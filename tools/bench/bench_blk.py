@@ -1,5 +1,6 @@
-"""Block-device benchmark: ember's virtio-blk against QEMU microvm's `virtio-blk-device`,
-same host, same kernel, initramfs and data file, interleaved. Registered as the `bench_blk`
+"""Block-device benchmark: ember's virtio-blk against QEMU microvm's `virtio-blk-device`
+and, with FIRECRACKER=PATH, Firecracker's (the same configuration file as ember's), same
+host, same kernel, initramfs and data file, interleaved. Registered as the `bench_blk`
 case of the e2e harness (suite `bench`), like bench_boot.
 
 Each guest gets two drives:
@@ -28,6 +29,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from framework.build import peer
 from framework.vm import VmProcess, guest_cmdline, start_ember, vm_config
 from harness import CaseFailed, case, log
 
@@ -43,7 +45,7 @@ MEM_MIB = 128
 # RUN_TIMEOUT_S. The case's timeout allows each run 2.5 times its usual time; it is also how
 # long the harness waits before it takes the emulated host itself as hung (plus 90 s).
 RUN_TIMEOUT_S = 3 * RUNTIME_S + 120
-CASE_TIMEOUT_S = 300 + RUNS * 2 * (3 * RUNTIME_S + 60)
+CASE_TIMEOUT_S = 300 + RUNS * 3 * (3 * RUNTIME_S + 60)  # up to three VMMs
 # (job name in bench_blk.sh, row label, the figure from the job's result fields)
 METRICS = (
     ("seqwrite", "seq write 1 MiB QD4, MB/s", lambda r: r["bytes"] / r["usecs"]),
@@ -67,7 +69,8 @@ def _data_file(ctx) -> Path:
     return path
 
 
-def _start_ember(ctx, name: str, tools: Path, data: Path) -> VmProcess:
+def _start_ember(ctx, name: str, tools: Path, data: Path, binary: Path | None = None
+                 ) -> VmProcess:
     cfg = vm_config(ctx, mem_mib=MEM_MIB, mode="run", extra_args=f'ember_cmd="{GUEST_CMD}"')
     cfg["drives"] = [
         {"drive_id": "tools", "path_on_host": str(tools), "is_root_device": False,
@@ -75,7 +78,7 @@ def _start_ember(ctx, name: str, tools: Path, data: Path) -> VmProcess:
         {"drive_id": "data", "path_on_host": str(data), "is_root_device": False,
          "is_read_only": False, "cache_type": "Writeback"},
     ]
-    return start_ember(ctx, cfg, name=name)
+    return start_ember(ctx, cfg, name=name, binary=binary)
 
 
 def _start_qemu(ctx, name: str, tools: Path, data: Path) -> VmProcess:
@@ -95,8 +98,12 @@ def _start_qemu(ctx, name: str, tools: Path, data: Path) -> VmProcess:
 
 def _run_once(ctx, vmm: str, i: int, tools: Path, data: Path) -> dict:
     """One guest running the three jobs; see _results for what it returns."""
-    start = _start_ember if vmm == "ember" else _start_qemu
-    vm = start(ctx, f"{vmm}-{i}", tools, data)
+    name = f"{vmm}-{i}"
+    if vmm == "qemu":
+        vm = _start_qemu(ctx, name, tools, data)
+    else:
+        vm = _start_ember(ctx, name, tools, data,
+                          binary=peer(ctx.ember, "firecracker") if vmm == "firecracker" else None)
     try:
         m = vm.wait_for(r"EMBER-CMD-EXIT status=(\d+)", timeout=RUN_TIMEOUT_S)
         vm.wait_exit(timeout=120)
@@ -143,14 +150,17 @@ def _stats(xs: list[float]) -> str:
 @case("bench_blk", timeout=CASE_TIMEOUT_S, suite="bench", arches=("x86_64",))
 def _(ctx):
     tools, data = tools_image(ctx), _data_file(ctx)
-    samples: dict[str, list[dict]] = {"ember": [], "qemu": []}
-    errors: dict[str, list[str]] = {"ember": [], "qemu": []}
+    vmms = ["ember", "qemu"]
+    if peer(ctx.ember, "firecracker") is not None:
+        vmms.insert(1, "firecracker")
+    samples: dict[str, list[dict]] = {v: [] for v in vmms}
+    errors: dict[str, list[str]] = {v: [] for v in vmms}
     for i in range(RUNS):
-        # Alternate who goes first so drift in the host's load hits both alike.
-        for vmm in (["ember", "qemu"] if i % 2 == 0 else ["qemu", "ember"]):
+        # Rotate who goes first so drift in the host's load hits all alike.
+        for vmm in vmms[i % len(vmms):] + vmms[:i % len(vmms)]:
             try:
                 samples[vmm].append(_run_once(ctx, vmm, i, tools, data))
-            except Exception as e:  # one VMM's failure must not hide the other's figures
+            except Exception as e:  # one VMM's failure must not hide the others' figures
                 errors[vmm].append(str(e).strip())
                 log(f"{vmm} run {i} failed: {str(e).strip().splitlines()[0]}")
 
@@ -158,21 +168,23 @@ def _(ctx):
     log(f"block benchmark, {RUNS} interleaved runs each, {where}; guest: 1 vCPU, {MEM_MIB} MiB; "
         f"data drive: {DATA_MIB} MiB raw file in {'tmpfs' if ctx.emulated else ctx.work}; "
         f"O_DIRECT, native AIO, {RUNTIME_S} s per job")
-    log(f"{'metric':40} {'median':>9} {'min':>9} {'max':>9} {'runs':>4}")
-    ratios = {}
+    log(f"{'metric':48} {'median':>9} {'min':>9} {'max':>9} {'runs':>4}")
+    names = {"ember": "ember", "qemu": "qemu microvm", "firecracker": "firecracker"}
+    ratios: dict[str, dict[str, float]] = {}
     for job, label, figure in METRICS:
-        for vmm in ("ember", "qemu"):
-            name = "ember" if vmm == "ember" else "qemu microvm"
+        for vmm in vmms:
             xs = [figure(s[job]) for s in samples[vmm]]
             row = _stats(xs) if xs else "error: " + errors[vmm][0].splitlines()[0]
-            log(f"{name + ': ' + label:40} {row}")
-        if samples["ember"] and samples["qemu"]:
-            ratios[job] = (statistics.median(figure(s[job]) for s in samples["ember"]) /
-                           statistics.median(figure(s[job]) for s in samples["qemu"]))
-    if ratios:
-        log("ember/qemu medians (higher is better for ember): " +
-            ", ".join(f"{job} {r:.2f}x" for job, r in ratios.items()))
-    for vmm in ("ember", "qemu"):
+            log(f"{names[vmm] + ': ' + label:48} {row}")
+        for other in vmms[1:]:
+            if samples["ember"] and samples[other]:
+                ratios.setdefault(other, {})[job] = (
+                    statistics.median(figure(s[job]) for s in samples["ember"]) /
+                    statistics.median(figure(s[job]) for s in samples[other]))
+    for other, rs in ratios.items():
+        log(f"ember/{other} medians (higher is better for ember): " +
+            ", ".join(f"{job} {r:.2f}x" for job, r in rs.items()))
+    for vmm in vmms:
         if samples[vmm]:
             clocks = [s["clock"] for s in samples[vmm]]
             dev = samples[vmm][0]["devices"]
@@ -183,6 +195,5 @@ def _(ctx):
             for line in errors[vmm][0].splitlines():
                 log(f"  | {line}")
     ctx.data(samples=samples, errors=errors, ratios=ratios)
-    if not samples["ember"] or not samples["qemu"]:
-        raise CaseFailed("no figures for " +
-                         " and ".join(v for v in ("ember", "qemu") if not samples[v]))
+    if not all(samples[v] for v in vmms):
+        raise CaseFailed("no figures for " + " and ".join(v for v in vmms if not samples[v]))
