@@ -1,108 +1,11 @@
 //! `ember`: one process, one KVM guest. Command-line flags follow Firecracker's.
 
+mod args;
 mod logger;
 mod terminal;
 
-use clap::Parser;
-use std::path::PathBuf;
+use args::{Args, Command};
 use std::process::ExitCode;
-
-/// Command-line flags, Firecracker's where they apply.
-#[derive(Parser, Debug)]
-#[command(
-    name = "ember",
-    version,
-    about = "Ember microVM monitor: one process, one KVM guest"
-)]
-struct Args {
-    /// Path of the API socket (Firecracker's default).
-    #[arg(
-        long = "api-sock",
-        value_name = "PATH",
-        default_value = "/run/firecracker.socket"
-    )]
-    api_sock: PathBuf,
-    /// MicroVM id, used in log lines and `GET /`.
-    #[arg(long = "id", default_value = "anonymous-instance")]
-    id: String,
-    /// Start the VM described by this JSON file (Firecracker's format) at once.
-    #[arg(long = "config-file", value_name = "PATH")]
-    config_file: Option<PathBuf>,
-    /// Do not serve the API; requires --config-file.
-    #[arg(long = "no-api", requires = "config_file")]
-    no_api: bool,
-    /// Log file (or FIFO); stderr when absent.
-    #[arg(long = "log-path", value_name = "PATH")]
-    log_path: Option<String>,
-    /// Log level: Error, Warning, Info, Debug, Trace or Off.
-    #[arg(long = "level", default_value = "Warning", value_parser = logger::parse_level)]
-    level: log::LevelFilter,
-    /// Show the level in each log line.
-    #[arg(long = "show-level")]
-    show_level: bool,
-    /// Show the source file and line in each log line.
-    #[arg(long = "show-log-origin")]
-    show_log_origin: bool,
-    /// Metrics file (or FIFO): one JSON line on FlushMetrics and every 60 s.
-    #[arg(long = "metrics-path", value_name = "PATH")]
-    metrics_path: Option<String>,
-    /// Largest API request body, in bytes.
-    #[arg(long = "http-api-max-payload-size", value_name = "BYTES", default_value_t = api::http::DEFAULT_MAX_PAYLOAD)]
-    max_payload: usize,
-    /// The launcher's CLOCK_MONOTONIC time at exec, in microseconds; ember then logs
-    /// (at Info) how long it took from exec to the guest's first instruction.
-    #[arg(long = "start-time-us", value_name = "MICROSECONDS")]
-    start_time_us: Option<u64>,
-    /// The launcher's CPU time at exec (accepted for Firecracker compatibility).
-    #[arg(long = "start-time-cpu-us", value_name = "MICROSECONDS")]
-    start_time_cpu_us: Option<u64>,
-    /// The launcher's own CPU time (accepted for Firecracker compatibility: its jailer
-    /// passes it).
-    #[arg(long = "parent-cpu-time-us", value_name = "MICROSECONDS")]
-    parent_cpu_time_us: Option<u64>,
-    /// A seccomp filter file (seccompiler's JSON format, a filter per thread kind: vmm, api,
-    /// vcpu, block, net) instead of the built-in filters.
-    #[arg(
-        long = "seccomp-filter",
-        value_name = "PATH",
-        conflicts_with = "no_seccomp"
-    )]
-    seccomp_filter: Option<String>,
-    /// Run every thread without a seccomp filter (for debugging; not for untrusted guests).
-    #[arg(long = "no-seccomp")]
-    no_seccomp: bool,
-    /// The largest MMDS data store, bytes of its JSON (Firecracker's default).
-    #[arg(long = "mmds-size-limit", value_name = "BYTES", default_value_t = mmds::DEFAULT_SIZE_LIMIT)]
-    mmds_size_limit: usize,
-    /// A JSON file to fill MMDS's data with at start.
-    #[arg(long = "metadata", value_name = "PATH")]
-    metadata: Option<PathBuf>,
-    /// Firecracker flags ember does not implement: refused by name.
-    #[arg(long = "boot-timer", hide = true)]
-    boot_timer: bool,
-
-    #[arg(long = "snapshot-version", hide = true)]
-    snapshot_version: bool,
-    #[arg(long = "describe-snapshot", hide = true, value_name = "PATH")]
-    describe_snapshot: Option<String>,
-    #[arg(long = "enable-pci", hide = true)]
-    enable_pci: bool,
-}
-
-impl Args {
-    /// The first Firecracker flag given that ember does not implement.
-    fn unsupported_flag(&self) -> Option<&'static str> {
-        [
-            (self.boot_timer, "--boot-timer"),
-            (self.snapshot_version, "--snapshot-version"),
-            (self.describe_snapshot.is_some(), "--describe-snapshot"),
-            (self.enable_pci, "--enable-pci"),
-        ]
-        .into_iter()
-        .find(|(given, _)| *given)
-        .map(|(_, name)| name)
-    }
-}
 
 fn monotonic_us() -> u64 {
     let mut ts = libc::timespec {
@@ -122,7 +25,7 @@ fn console_input() -> Option<std::fs::File> {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    if let Some(flag) = args.unsupported_flag() {
+    if let Some(flag) = args.unsupported {
         return Err(format!("{flag} is not supported by ember"));
     }
     let policy = match (&args.seccomp_filter, args.no_seccomp) {
@@ -255,7 +158,22 @@ fn mmds_store(args: &Args) -> Result<std::sync::Arc<std::sync::Mutex<mmds::MmdsS
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match args::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Run(args)) => *args,
+        Ok(Command::Help) => {
+            print!("{}", args::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("ember {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("ember: error: {e}");
+            // A usage error, as clap and most tools report it.
+            return ExitCode::from(2);
+        }
+    };
     logger::init(&args.id, args.level);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
