@@ -2,7 +2,6 @@
 //! touched, so a bad flag leaves nothing behind.
 
 use crate::error::{JailError, Result};
-use clap::Parser;
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 
@@ -12,62 +11,170 @@ pub const MAX_ID_LEN: usize = 64;
 /// When no `--resource-limit no-file` is given (Firecracker's default).
 pub const DEFAULT_NO_FILE: u64 = 2048;
 
+/// What `--help` prints.
+pub const HELP: &str = "\
+Runs ember in a chroot, a cgroup and its own mount namespace, as an unprivileged user
+
+Usage: ember-jailer --id <ID> --exec-file <PATH> --uid <UID> --gid <GID> [OPTIONS] [-- <VMM ARGS>...]
+
+Options:
+      --id <ID>                  The VM's id: letters, digits and hyphens, at most 64
+      --exec-file <PATH>         The VMM binary (statically linked: the jail holds nothing
+                                 else)
+      --uid <UID>                The user the VMM runs as
+      --gid <GID>                The group the VMM runs as
+      --chroot-base-dir <DIR>    Where jails are made: <base>/<exec file name>/<id>/root
+                                 [default: /srv/jailer]
+      --netns <PATH>             A network namespace to join (a path such as
+                                 /var/run/netns/NAME)
+      --cgroup <FILE=VALUE>      A cgroup file and its value (memory.max=268435456);
+                                 repeatable
+      --cgroup-version <N>       The cgroup hierarchy: 2 (the unified one). 1 is accepted
+                                 only with no --cgroup [default: 2]
+      --parent-cgroup <PATH>     The cgroup the VM's cgroup is made in, relative to the
+                                 hierarchy's root (default: the exec file's name)
+      --resource-limit <RESOURCE=VALUE>
+                                 A resource limit, fsize=BYTES or no-file=N; repeatable
+                                 (no-file defaults to 2048)
+      --daemonize                Call setsid() and point stdin, stdout and stderr at
+                                 /dev/null before the exec
+      --new-pid-ns               Run the VMM as pid 1 of a new PID namespace; its pid (as
+                                 this host sees it) is written to <exec file name>.pid in
+                                 the jail
+      --allow-root               Allow --uid 0 or --gid 0 (refused by default: the point
+                                 of a jail is not root)
+  -h, --help                     Print help
+  -V, --version                  Print version
+";
+
 /// ember-jailer's flags: Firecracker's jailer's, so tools that drive it drive this one.
-#[derive(Parser, Debug)]
-#[command(
-    name = "ember-jailer",
-    version,
-    about = "Runs ember in a chroot, a cgroup and its own mount namespace, as an unprivileged user"
-)]
+/// Parsed with lexopt (as ember's are): the jailer runs on every jailed VM's start, and
+/// clap built its whole command model first (about 9 ms of it under emulation).
+#[derive(Debug)]
 pub struct Args {
-    /// The VM's id: letters, digits and hyphens, at most 64.
-    #[arg(long)]
+    /// `--id`: the VM's id, letters, digits and hyphens, at most 64.
     pub id: String,
-    /// The VMM binary (statically linked: the jail holds nothing else).
-    #[arg(long = "exec-file", value_name = "PATH")]
+    /// `--exec-file`: the VMM binary (statically linked: the jail holds nothing else).
     pub exec_file: PathBuf,
-    /// The user the VMM runs as.
-    #[arg(long)]
+    /// `--uid`: the user the VMM runs as.
     pub uid: u32,
-    /// The group the VMM runs as.
-    #[arg(long)]
+    /// `--gid`: the group the VMM runs as.
     pub gid: u32,
-    /// Where jails are made: `<base>/<exec file name>/<id>/root`.
-    #[arg(
-        long = "chroot-base-dir",
-        value_name = "DIR",
-        default_value = "/srv/jailer"
-    )]
+    /// `--chroot-base-dir`: where jails are made, `<base>/<exec file name>/<id>/root`.
     pub chroot_base_dir: PathBuf,
-    /// A network namespace to join (a path such as /var/run/netns/NAME).
-    #[arg(long, value_name = "PATH")]
+    /// `--netns`: a network namespace to join (a path such as /var/run/netns/NAME).
     pub netns: Option<PathBuf>,
-    /// A cgroup file and its value (`memory.max=268435456`); repeatable.
-    #[arg(long = "cgroup", value_name = "FILE=VALUE")]
+    /// `--cgroup`: cgroup files and values (`memory.max=268435456`), as given.
     pub cgroup: Vec<String>,
-    /// The cgroup hierarchy: 2 (the unified one). 1 is accepted only with no --cgroup.
-    #[arg(long = "cgroup-version", default_value = "2")]
+    /// `--cgroup-version`: 2 (the unified hierarchy); 1 is accepted only with no --cgroup.
     pub cgroup_version: String,
-    /// The cgroup the VM's cgroup is made in, relative to the hierarchy's root
-    /// (default: the exec file's name).
-    #[arg(long = "parent-cgroup", value_name = "PATH")]
+    /// `--parent-cgroup`: the cgroup the VM's cgroup is made in, relative to the
+    /// hierarchy's root (default: the exec file's name).
     pub parent_cgroup: Option<String>,
-    /// A resource limit, `fsize=BYTES` or `no-file=N`; repeatable (no-file defaults to 2048).
-    #[arg(long = "resource-limit", value_name = "RESOURCE=VALUE")]
+    /// `--resource-limit`: `fsize=BYTES` or `no-file=N`, as given.
     pub resource_limit: Vec<String>,
-    /// Call setsid() and point stdin, stdout and stderr at /dev/null before the exec.
-    #[arg(long)]
+    /// `--daemonize`: setsid() and /dev/null for stdio before the exec.
     pub daemonize: bool,
-    /// Run the VMM as pid 1 of a new PID namespace; its pid (as this host sees it) is
-    /// written to `<exec file name>.pid` in the jail.
-    #[arg(long = "new-pid-ns")]
+    /// `--new-pid-ns`: the VMM as pid 1 of a new PID namespace.
     pub new_pid_ns: bool,
-    /// Allow --uid 0 or --gid 0 (refused by default: the point of a jail is not root).
-    #[arg(long = "allow-root")]
+    /// `--allow-root`: allow --uid 0 or --gid 0.
     pub allow_root: bool,
     /// The VMM's own arguments, after `--`.
-    #[arg(last = true, value_name = "VMM ARGS")]
     pub extra: Vec<OsString>,
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    /// Make the jail and exec the VMM in it.
+    Jail(Box<Args>),
+    /// Print [`HELP`].
+    Help,
+    /// Print the version.
+    Version,
+}
+
+fn usage(e: lexopt::Error) -> JailError {
+    JailError::Usage(e.to_string())
+}
+
+/// A flag's value as text.
+fn text(flag: &'static str, value: OsString) -> Result<String> {
+    value
+        .into_string()
+        .map_err(|v| JailError::flag(flag, v.to_string_lossy(), "must be UTF-8"))
+}
+
+fn id_number(flag: &'static str, value: OsString) -> Result<u32> {
+    let value = text(flag, value)?;
+    value
+        .parse()
+        .map_err(|_| JailError::flag(flag, value, "must be a whole number up to 4294967295"))
+}
+
+/// Parses `argv` (without the program name): the jailer's flags, then after the first
+/// `--` the VMM's own arguments, passed on untouched.
+pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Command> {
+    use lexopt::prelude::*;
+    let mut argv: Vec<OsString> = argv.into_iter().collect();
+    let extra = match argv.iter().position(|a| a == "--") {
+        Some(i) => {
+            let rest = argv.split_off(i + 1);
+            argv.pop();
+            rest
+        }
+        None => Vec::new(),
+    };
+    let mut p = lexopt::Parser::from_args(argv);
+    let (mut id, mut exec_file, mut uid, mut gid) = (None, None, None, None);
+    let mut a = Args {
+        id: String::new(),
+        exec_file: PathBuf::new(),
+        uid: 0,
+        gid: 0,
+        chroot_base_dir: PathBuf::from("/srv/jailer"),
+        netns: None,
+        cgroup: Vec::new(),
+        cgroup_version: "2".into(),
+        parent_cgroup: None,
+        resource_limit: Vec::new(),
+        daemonize: false,
+        new_pid_ns: false,
+        allow_root: false,
+        extra,
+    };
+    while let Some(arg) = p.next().map_err(usage)? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Long("id") => id = Some(text("--id", p.value().map_err(usage)?)?),
+            Long("exec-file") => exec_file = Some(PathBuf::from(p.value().map_err(usage)?)),
+            Long("uid") => uid = Some(id_number("--uid", p.value().map_err(usage)?)?),
+            Long("gid") => gid = Some(id_number("--gid", p.value().map_err(usage)?)?),
+            Long("chroot-base-dir") => a.chroot_base_dir = p.value().map_err(usage)?.into(),
+            Long("netns") => a.netns = Some(p.value().map_err(usage)?.into()),
+            Long("cgroup") => a.cgroup.push(text("--cgroup", p.value().map_err(usage)?)?),
+            Long("cgroup-version") => {
+                a.cgroup_version = text("--cgroup-version", p.value().map_err(usage)?)?
+            }
+            Long("parent-cgroup") => {
+                a.parent_cgroup = Some(text("--parent-cgroup", p.value().map_err(usage)?)?)
+            }
+            Long("resource-limit") => a
+                .resource_limit
+                .push(text("--resource-limit", p.value().map_err(usage)?)?),
+            Long("daemonize") => a.daemonize = true,
+            Long("new-pid-ns") => a.new_pid_ns = true,
+            Long("allow-root") => a.allow_root = true,
+            other => return Err(usage(other.unexpected())),
+        }
+    }
+    let missing = |flag: &str| JailError::Usage(format!("missing {flag}"));
+    a.id = id.ok_or_else(|| missing("--id"))?;
+    a.exec_file = exec_file.ok_or_else(|| missing("--exec-file"))?;
+    a.uid = uid.ok_or_else(|| missing("--uid"))?;
+    a.gid = gid.ok_or_else(|| missing("--gid"))?;
+    Ok(Command::Jail(Box::new(a)))
 }
 
 /// A limit `setrlimit` sets before the exec.
@@ -293,9 +400,10 @@ mod tests {
             }
         }
         argv.extend_from_slice(extra);
-        Args::try_parse_from(argv)
-            .map_err(|e| JailError::flag("argv", "", e.to_string()))?
-            .into_spec()
+        match parse(argv.into_iter().skip(1).map(OsString::from))? {
+            Command::Jail(a) => a.into_spec(),
+            other => panic!("not a jail: {other:?}"),
+        }
     }
 
     #[test]
@@ -363,5 +471,45 @@ mod tests {
         assert!(e.contains("must be 1 to 64 characters"), "{e}");
         assert!(spec(&["--uid", "0", "--allow-root"]).is_ok());
         assert!(spec(&["--cgroup-version", "1"]).is_ok());
+    }
+
+    #[test]
+    fn usage_errors_name_what_is_wrong() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--bogus"], "invalid option '--bogus'"),
+            (&["stray"], "unexpected argument \"stray\""),
+            (&["--netns"], "missing argument for option '--netns'"),
+            (&["--uid", "me"], "--uid \"me\": must be a whole number"),
+            (&["--gid", "-1"], "--gid \"-1\": must be a whole number"),
+        ];
+        for (flags, want) in cases {
+            let e = spec(flags).unwrap_err().to_string();
+            assert!(e.contains(want), "{flags:?}: {e}");
+        }
+        for flag in ["--id", "--exec-file", "--uid", "--gid"] {
+            let argv: Vec<OsString> =
+                ["--id", "a", "--exec-file", "/e", "--uid", "1", "--gid", "1"]
+                    .chunks(2)
+                    .filter(|kv| kv[0] != flag)
+                    .flatten()
+                    .map(OsString::from)
+                    .collect();
+            let e = parse(argv).unwrap_err().to_string();
+            assert_eq!(e, format!("missing {flag} (see --help)"));
+        }
+        // After `--`, everything is the VMM's, flags that look like the jailer's included.
+        let s = spec(&["--", "--netns", "x", "--", "--bogus"]).unwrap();
+        assert_eq!(s.netns, None);
+        assert_eq!(
+            s.extra,
+            ["--netns", "x", "--", "--bogus"]
+                .map(OsString::from)
+                .to_vec()
+        );
+        assert!(matches!(parse(["-h".into()]).unwrap(), Command::Help));
+        assert!(matches!(
+            parse(["--version".into()]).unwrap(),
+            Command::Version
+        ));
     }
 }

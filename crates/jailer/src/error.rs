@@ -47,6 +47,10 @@ pub enum JailError {
     /// The cgroup could not be made as asked.
     #[error("cgroup: {0}")]
     Cgroup(String),
+    /// The command line is not the jailer's: an unknown flag, a flag without its value, a
+    /// stray argument, a required flag missing.
+    #[error("{0} (see --help)")]
+    Usage(String),
 }
 
 impl JailError {

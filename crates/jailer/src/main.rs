@@ -10,28 +10,23 @@ mod fs;
 mod run;
 mod sys;
 
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let start_us = sys::clock_us(libc::CLOCK_MONOTONIC);
-    let parsed = match args::Args::try_parse() {
-        Ok(a) => a,
-        Err(e) if !e.use_stderr() => {
-            // --help, --version.
-            let _ = e.print();
+    let parsed = match args::parse(std::env::args_os().skip(1)) {
+        Ok(args::Command::Jail(a)) => *a,
+        Ok(args::Command::Help) => {
+            print!("{}", args::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Ok(args::Command::Version) => {
+            println!("ember-jailer {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // One line: clap's first, without its usage block.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("bad arguments");
-            eprintln!(
-                "ember-jailer: {} (see --help)",
-                first
-                    .strip_prefix("error: ")
-                    .map_or(first.to_string(), |r| format!("error: {r}"))
-            );
+            // A usage error: one line, and clap's usage code, as before.
+            eprintln!("ember-jailer: error: {e}");
             return ExitCode::from(2);
         }
     };
