@@ -184,7 +184,7 @@ pub fn set_policy(policy: Policy) -> Result<(), SeccompError> {
 
 /// Keeps every thread on glibc's main arena (`M_ARENA_MAX` = 1). A thread arena, the
 /// first time it gives memory back (`shrink_heap`), makes glibc open
-/// `/proc/sys/vm/overcommit_memory`, and a confined thread's filter has no `openat` (seen:
+/// `/proc/sys/vm/overcommit_memory`, and only the vmm thread's filter has `openat` (seen:
 /// the vsock thread freeing a connection's buffer mid-transfer died of SIGSYS 257). The
 /// main arena grows and shrinks with `brk`, which every filter allows, and never reads that
 /// file. (Priming a thread arena before any filter, which ember did before, cost a thread
