@@ -1,6 +1,7 @@
 """Network benchmark: TCP throughput through ember's virtio-net against QEMU microvm's
-`virtio-net-device` (tap backend, `vhost=off`: both VMMs move every packet in user space),
-same host, same kernel and initramfs, interleaved. Registered as the `bench_net` case of
+`virtio-net-device` (tap backend, `vhost=off`: both VMMs move every packet in user space)
+and, with FIRECRACKER=PATH, Firecracker's (the same configuration file as ember's), same
+host, same kernel and initramfs, interleaved. Registered as the `bench_net` case of
 the e2e harness (suite `bench`), like bench_blk.
 
 Each run gets a network namespace of its own (framework.net.netns: deleted at the end of the
@@ -36,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 
+from framework.build import peer
 from framework.net import GUEST_IP, HOST_IP, netns, tap
 from framework.vm import VmProcess, guest_cmdline, start_ember, vm_config
 from harness import CaseFailed, case, log
@@ -57,7 +59,7 @@ JOBS = (("g2h", 5201, "guest -> host TCP, Mbit/s"),
 # twice its usual time; it is also how long the harness waits before it takes the
 # emulated host itself as hung (plus 90 s).
 RUN_TIMEOUT_S = 2 * (RUNTIME_S + 60) + 120
-CASE_TIMEOUT_S = 300 + RUNS * 2 * (2 * RUNTIME_S + 80)
+CASE_TIMEOUT_S = 300 + RUNS * 3 * (2 * RUNTIME_S + 80)  # up to three VMMs
 GUEST_ARGS = (f"ip={GUEST_IP}::{HOST_IP}:255.255.255.0::eth0:off "
               f'ember_cmd="mount -o ro $(findfs LABEL=ember-bench) /mnt && '
               f'sh /mnt/bench_net.sh {HOST_IP} {RUNTIME_S}"')
@@ -117,14 +119,16 @@ def _eth0_counters(vm: VmProcess) -> dict:
     return {}
 
 
-def _start_ember(ctx, ns: str, name: str, tools: Path) -> VmProcess:
-    """ember in the namespace with the tools drive (read-only) and the tap."""
+def _start_ember(ctx, ns: str, name: str, tools: Path, binary: Path | None = None
+                 ) -> VmProcess:
+    """ember (or `binary`: Firecracker) in the namespace with the tools drive (read-only)
+    and the tap."""
     cfg = vm_config(ctx, mem_mib=MEM_MIB, mode="run", extra_args=GUEST_ARGS)
     cfg["drives"] = [{"drive_id": "tools", "path_on_host": str(tools),
                       "is_root_device": False, "is_read_only": True}]
     cfg["network-interfaces"] = [{"iface_id": "eth0", "host_dev_name": TAP,
                                   "guest_mac": MAC}]
-    return start_ember(ctx, cfg, name=name, pre=["ip", "netns", "exec", ns])
+    return start_ember(ctx, cfg, name=name, pre=["ip", "netns", "exec", ns], binary=binary)
 
 
 def _start_qemu(ctx, ns: str, name: str, tools: Path) -> VmProcess:
@@ -148,13 +152,16 @@ def _run_once(ctx, vmm: str, i: int, tools: Path) -> dict:
     after its jobs ("" if nothing did), `stderr`: what the VMM printed there, and `counters`:
     the tap's and the guest's eth0 packet counters over the run."""
     name = f"{vmm}-{i}"
-    start = _start_ember if vmm == "ember" else _start_qemu
     with netns("bench-net") as ns:
         tap(ns, TAP, f"{HOST_IP}/24")
         servers = _start_servers(ctx, ns, name)
         vm = None
         try:
-            vm = start(ctx, ns, name, tools)
+            if vmm == "qemu":
+                vm = _start_qemu(ctx, ns, name, tools)
+            else:
+                vm = _start_ember(ctx, ns, name, tools, binary=(
+                    peer(ctx.ember, "firecracker") if vmm == "firecracker" else None))
             failure = ""
             try:
                 vm.wait_for(r"EMBER-CMD-EXIT status=\d+", timeout=RUN_TIMEOUT_S)
@@ -246,18 +253,20 @@ def _stats(xs: list[float]) -> str:
 @case("bench_net", timeout=CASE_TIMEOUT_S, suite="bench", arches=("x86_64",))
 def _(ctx):
     tools = tools_image(ctx)
-    vmms = ("ember", "qemu")
+    vmms = ["ember", "qemu"]
+    if peer(ctx.ember, "firecracker") is not None:
+        vmms.insert(1, "firecracker")
     samples: dict = {v: {job: [] for job, _, _ in JOBS} for v in vmms}
     errors: dict = {v: {job: [] for job, _, _ in JOBS} for v in vmms}
     # Per VMM: [run, "failure" or "stderr", text] (see _run_once)
     notes: dict = {v: [] for v in vmms}
     counters: dict = {v: [] for v in vmms}  # per VMM: each run's packet counters
     for i in range(RUNS):
-        # Alternate who goes first so drift in the host's load hits both alike.
-        for vmm in (vmms if i % 2 == 0 else vmms[::-1]):
+        # Rotate who goes first so drift in the host's load hits all alike.
+        for vmm in vmms[i % len(vmms):] + vmms[:i % len(vmms)]:
             try:
                 run = _run_once(ctx, vmm, i, tools)
-            except Exception as e:  # a broken run must not hide the other VMM's figures
+            except Exception as e:  # a broken run must not hide the other VMMs' figures
                 run = {"jobs": {job: str(e).strip() for job, _, _ in JOBS},
                        "failure": "", "stderr": "", "counters": {}}
             for job, r in run["jobs"].items():
@@ -276,20 +285,22 @@ def _(ctx):
     log(f"network benchmark, {RUNS} interleaved runs each, {where}; guest: 1 vCPU, "
         f"{MEM_MIB} MiB, virtio-net on a tap in a namespace (QEMU: vhost=off); "
         f"iperf3, 1 TCP stream, {RUNTIME_S} s per direction")
-    log(f"{'metric':42} {'median':>9} {'min':>9} {'max':>9} {'runs':>4}")
-    ratios = {}
+    log(f"{'metric':48} {'median':>9} {'min':>9} {'max':>9} {'runs':>4}")
+    names = {"ember": "ember", "qemu": "qemu microvm", "firecracker": "firecracker"}
+    ratios: dict = {}
     for job, _, label in JOBS:
         for vmm in vmms:
-            name = "ember" if vmm == "ember" else "qemu microvm"
             xs = [s["mbps"] for s in samples[vmm][job]]
             row = _stats(xs) if xs else "error: " + errors[vmm][job][0].splitlines()[0]
-            log(f"{name + ': ' + label:42} {row}")
-        if samples["ember"][job] and samples["qemu"][job]:
-            ratios[job] = (statistics.median(s["mbps"] for s in samples["ember"][job]) /
-                           statistics.median(s["mbps"] for s in samples["qemu"][job]))
-    if ratios:
-        log("ember/qemu medians (higher is better for ember): " +
-            ", ".join(f"{job} {r:.2f}x" for job, r in ratios.items()))
+            log(f"{names[vmm] + ': ' + label:48} {row}")
+        for other in vmms[1:]:
+            if samples["ember"][job] and samples[other][job]:
+                ratios.setdefault(other, {})[job] = (
+                    statistics.median(s["mbps"] for s in samples["ember"][job]) /
+                    statistics.median(s["mbps"] for s in samples[other][job]))
+    for other, rs in ratios.items():
+        log(f"ember/{other} medians (higher is better for ember): " +
+            ", ".join(f"{job} {r:.2f}x" for job, r in rs.items()))
     for vmm in vmms:
         for job, _, _ in JOBS:
             if (got := samples[vmm][job]):
