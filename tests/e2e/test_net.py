@@ -135,6 +135,17 @@ def test_net_tcp_256mib_each_way_intact(ctx, netns):
     expect(vm.wait_exit(timeout=60) == 0, f"ember did not exit 0\n{vm.tail()}")
 
 
+def peer_cmd(peer_ip: str, marker: str) -> str:
+    """A guest's command for the bridge case: wait (bounded) until the other guest, which
+    boots at its own pace, answers once, then three pings in a row must get through."""
+    return (f"{HEARTBEAT}i=0; while [ $i -lt 60 ] && ! ping -c 1 -W 2 {peer_ip} >/dev/null; "
+            f"do i=$((i+1)); done; echo PEER-TRIES $i; "
+            f"ping -c 3 -W 10 {peer_ip} && echo {marker}; "
+            "cat /proc/net/arp /sys/class/net/eth0/statistics/rx_packets "
+            "/sys/class/net/eth0/statistics/tx_packets; sleep 60")
+
+
+@pytest.mark.timeout(500)
 def test_net_two_guests_on_a_bridge(ctx, netns):
     a_ip, b_ip = "172.30.0.12", "172.30.0.13"
     ns = netns
@@ -143,13 +154,15 @@ def test_net_two_guests_on_a_bridge(ctx, netns):
     for t in ("tapa", "tapb"):
         tap(ns, t)
         sh("ip", "-n", ns, "link", "set", t, "master", "br0")
-    a = net_vm(ctx, ns, "tapa", a_ip, HOST_IP,
-               f"sleep 2; ping -c 3 -W 10 {b_ip} && echo A-REACHED-B; sleep 20",
+    # Neither guest can know when the other is up (under emulation their boots can be a
+    # minute apart), so each retries until its peer answers before the checked pings.
+    a = net_vm(ctx, ns, "tapa", a_ip, HOST_IP, peer_cmd(b_ip, "A-REACHED-B"),
                name="guest-a", mac="06:00:ac:1e:00:12")
-    b = net_vm(ctx, ns, "tapb", b_ip, HOST_IP,
-               f"sleep 2; ping -c 3 -W 10 {a_ip} && echo B-REACHED-A; sleep 20",
+    b = net_vm(ctx, ns, "tapb", b_ip, HOST_IP, peer_cmd(a_ip, "B-REACHED-A"),
                name="guest-b", mac="06:00:ac:1e:00:13")
-    a.wait_for("A-REACHED-B", timeout=300)
-    b.wait_for("B-REACHED-A", timeout=300)
+    a.wait_for(READY, timeout=150)
+    b.wait_for(READY, timeout=150)
+    wait_or_stall(ctx, a, "A-REACHED-B", timeout=120)
+    wait_or_stall(ctx, b, "B-REACHED-A", timeout=60)
     a.kill()
     b.kill()
