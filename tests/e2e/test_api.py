@@ -14,7 +14,7 @@ import pytest
 from framework.api import UnixHTTP, call, expect_status, start_api_ember
 from framework.common import CaseFailed, EmulatedHostFault, expect
 from framework.net import GUEST_IP, HOST_IP, netns_exec, tap
-from framework.vm import READY, VmProcess, default_kernel, guest_cmdline
+from framework.vm import BOOT_TIMEOUT_S, READY, VmProcess, default_kernel, guest_cmdline
 
 pytestmark = pytest.mark.emulated_flaky
 
@@ -58,7 +58,7 @@ def test_api_whole_life_start_pause_resume_patch_drive_metrics_ctrl_alt_del(ctx,
         "iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:1e:00:02"}), 204)
     expect_status(call(sock, "PUT", "/metrics", {"metrics_path": str(metrics)}), 204)
     expect_status(call(sock, "PUT", "/actions", {"action_type": "InstanceStart"}), 204)
-    vm.wait_for(READY, timeout=120)
+    vm.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     expect(call(sock, "GET", "/")[1]["state"] == "Running", "state after start")
     # Pre-boot resources are refused now, and say why.
     expect_status(call(sock, "PUT", "/machine-config",

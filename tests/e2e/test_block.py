@@ -15,8 +15,8 @@ import pytest
 from framework.common import expect
 from framework.disk import (MIB, image_with_file, run_cmd_vm, sha256_file, sparse_file,
                             write_mbr)
-from framework.vm import (HEARTBEAT, READY, drive, run_ember_expecting_error, start_ember,
-                          vm_config, wait_or_stall)
+from framework.vm import (BOOT_TIMEOUT_S, HEARTBEAT, READY, drive, run_ember_expecting_error,
+                          start_ember, vm_config, wait_or_stall)
 
 pytestmark = pytest.mark.emulated_flaky
 
@@ -31,7 +31,7 @@ def test_block_root_drive_boot_reads_host_file(ctx):
                                'grep -w vda /proc/partitions; mount | grep -w /"')
     cfg["drives"] = [drive("rootfs", img, root=True, ro=True)]
     vm = start_ember(ctx, cfg, name="root-boot")
-    vm.wait_for(READY, timeout=300)
+    vm.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     wait_or_stall(ctx, vm, f"from-the-host {token}", timeout=90)
     m = vm.wait_for(r"/dev/root on / type ext4 \((\w+)", timeout=60)
     expect(m.group(1) == "ro", f"root mounted {m.group(1)}, expected ro (is_read_only)")
@@ -58,7 +58,7 @@ def test_block_root_drive_by_partuuid_read_write(ctx):
                                '&& sync && cat /written-by-guest"')
     cfg["drives"] = [drive("root", disk, root=True, partuuid="1234abcd-01")]
     vm = start_ember(ctx, cfg, name="partuuid")
-    vm.wait_for(READY, timeout=300)
+    vm.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     m = vm.wait_for(r"/dev/root on / type ext4 \((\w+)", timeout=60)
     expect(m.group(1) == "rw", f"root mounted {m.group(1)}, expected rw")
     vm.wait_for(r"^rw-ok", timeout=60)
@@ -211,7 +211,7 @@ def test_block_bad_drive_files_are_refused(ctx):
     # A drive another ember is writing cannot be opened read-write a second time.
     holder = start_ember(ctx, dict(vm_config(ctx, mode="stay"), drives=[drive("l", locked)]),
                          name="holder")
-    holder.wait_for(READY, timeout=300)
+    holder.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     line = run_ember_expecting_error(ctx, dict(base, drives=[drive("l", locked)]),
                                      name="second")
     holder.kill()

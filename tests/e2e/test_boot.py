@@ -9,7 +9,7 @@ import time
 import pytest
 
 from framework.common import expect
-from framework.vm import (HEARTBEAT, READY, parse_ready, run_ember_expecting_error,
+from framework.vm import (BOOT_TIMEOUT_S, HEARTBEAT, READY, parse_ready, run_ember_expecting_error,
                           start_qemu_microvm, start_qemu_virt, vm_config, wait_or_stall)
 
 pytestmark = pytest.mark.emulated_flaky
@@ -20,7 +20,7 @@ ARM = pytest.mark.arch("aarch64", reason="aarch64 boot protocol or device")
 def boot_to_marker(microvm, name="ember", **cfg):
     """Boots a guest to its ready marker and lets it reboot; returns the marker's numbers."""
     vm = microvm(name, **cfg).start()
-    m = vm.console.expect(READY + r".*", timeout=300)
+    m = vm.console.expect(READY + r".*", timeout=BOOT_TIMEOUT_S)
     info = parse_ready(m.group(0))
     rc = vm.wait_exit(timeout=60)
     expect(rc == 0, f"ember exited with {rc} after the guest rebooted\n{vm.tail()}")
@@ -54,7 +54,7 @@ def test_gic_is_the_one_the_host_offers(ctx, microvm):
     # GICv3 where KVM can emulate one, else GICv2 (EMBER_EMUHOST_GIC=2 gives the emulated
     # host a GICv2, so KVM there has no GICv3 to offer); either way the guest boots on it.
     vm = microvm(vcpus=2).start(extra_flags=["--level", "Info"])
-    m = vm.console.expect(READY + r".*", timeout=150)
+    m = vm.console.expect(READY + r".*", timeout=BOOT_TIMEOUT_S)
     expect(parse_ready(m.group(0))["cpus"] == 2, f"guest did not bring up 2 CPUs: {m.group(0)}")
     rc = vm.wait_exit(timeout=60)
     expect(rc == 0, f"ember exited with {rc}\n{vm.tail()}")
@@ -74,7 +74,7 @@ def test_poweroff_by_psci_exits_zero(microvm):
     # The guest powers off (PSCI SYSTEM_OFF, a KVM system event): ember ends with 0.
     vm = microvm(mode="run", extra_args='ember_cmd="poweroff -f"').start(
         extra_flags=["--level", "Info"])
-    vm.console.expect(READY, timeout=150)
+    vm.console.expect(READY, timeout=BOOT_TIMEOUT_S)
     rc = vm.wait_exit(timeout=60)
     expect(rc == 0, f"ember exited with {rc}\n{vm.tail()}")
     expect("guest shut down" in vm.stderr(), f"ember did not log a power-off: {vm.stderr()!r}")
@@ -128,7 +128,7 @@ def test_guest_command_runs_and_reboot_exits_zero(ctx, microvm):
 def test_reboot_by_triple_fault_exits_zero(microvm):
     # reboot=t: the guest resets by triple fault, which KVM reports as KVM_EXIT_SHUTDOWN.
     vm = microvm(reboot="t").start(extra_flags=["--level", "Info"])
-    vm.console.expect(READY, timeout=150)
+    vm.console.expect(READY, timeout=BOOT_TIMEOUT_S)
     rc = vm.wait_exit(timeout=60)
     expect(rc == 0, f"ember exited with {rc}\n{vm.tail()}")
     err = vm.stderr()
@@ -151,7 +151,7 @@ def test_console_input_reaches_the_guest_without_loss(ctx, microvm):
            "i=$((i+1)); [ $l = line-$i-$(printf %040d $i) ] && sum=$((sum+1)); "
            "done < /tmp/in; echo console-lines=$i intact=$sum")
     vm = microvm(mode="run", extra_args=f'ember_cmd="{cmd}"').start(stdin_pipe=True)
-    vm.console.expect(READY, timeout=150)
+    vm.console.expect(READY, timeout=BOOT_TIMEOUT_S)
     vm.console.send(b"".join(f"line-{i}-{i:040d}\n".encode() for i in range(1, n + 1)))
     m = wait_or_stall(ctx, vm.process, r"console-lines=(\d+) intact=(\d+)", timeout=240)
     expect(m.group(1) == str(n) and m.group(2) == str(n),
@@ -175,7 +175,7 @@ def test_serial_output_to_file(ctx, microvm):
 def test_qemu_microvm_boots_our_guest(ctx):
     # The harness proves itself: a reference VMM boots the same kernel and initramfs here.
     vm = start_qemu_microvm(ctx)
-    vm.wait_for(READY, timeout=150)
+    vm.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     rc = vm.wait_exit(timeout=60)
     expect(rc == 0, f"qemu exited with {rc}\n{vm.tail()}")
 
@@ -185,6 +185,6 @@ def test_qemu_virt_boots_our_guest(ctx):
     # The harness proves itself on aarch64: QEMU's virt machine on KVM boots the same
     # Image and initramfs in the same emulated host.
     vm = start_qemu_virt(ctx)
-    vm.wait_for(READY, timeout=150)
+    vm.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     rc = vm.wait_exit(timeout=60)
     expect(rc == 0, f"qemu exited with {rc}\n{vm.tail()}")

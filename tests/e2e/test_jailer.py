@@ -18,7 +18,7 @@ from framework.api import call, expect_status
 from framework.common import expect
 from framework.disk import MIB, sparse_file
 from framework.net import GUEST_IP, HOST_IP, netns_exec, sh, tap
-from framework.vm import READY, VmProcess, guest_cmdline
+from framework.vm import BOOT_TIMEOUT_S, READY, VmProcess, guest_cmdline
 
 pytestmark = pytest.mark.emulated_flaky
 
@@ -116,7 +116,7 @@ def test_jailer_runs_ember_as_its_user_in_its_root_cgroup_and_netns(ctx, netns):
         expect_status(call(s, "PUT", "/network-interfaces/eth0", {
             "iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:1e:00:02"}), 204)
         expect_status(call(s, "PUT", "/actions", {"action_type": "InstanceStart"}), 204)
-        vm.wait_for(READY, timeout=300)
+        vm.wait_for(READY, timeout=BOOT_TIMEOUT_S)
         vm.wait_for("DEVICES-USED", timeout=120)
         expect(data.read_bytes()[:12] == b"JAILED-WRITE", "the guest's write is not in the file")
         expect_status(call(s, "PATCH", "/drives/data", {

@@ -4,25 +4,27 @@ bridge in it) is deleted, and the check at the end says so."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
 
 from framework.common import EmulatedHostFault, expect
 from framework.net import GUEST_IP, HOST_IP, netns_exec, sh, tap
-from framework.vm import (HEARTBEAT, READY, heartbeat_stopped, run_ember_expecting_error,
-                          start_ember, vm_config, wait_or_stall)
+from framework.vm import (BOOT_TIMEOUT_S, HEARTBEAT, READY, heartbeat_stopped,
+                          run_ember_expecting_error, start_ember, vm_config, wait_or_stall)
 
 pytestmark = pytest.mark.emulated_flaky
 
 
 def net_vm(ctx, ns: str, tap_name: str, guest_ip: str, host_ip: str, cmd: str,
-           name: str, mac: str = "06:00:ac:1e:00:02", mode: str = "run", mem_mib: int = 256):
+           name: str, mac: str = "06:00:ac:1e:00:02", mode: str = "run", mem_mib: int = 256,
+           extra_flags: list[str] | None = None):
     ipcfg = f"ip={guest_ip}::{host_ip}:255.255.255.0::eth0:off"
     cfg = vm_config(ctx, mode=mode, mem_mib=mem_mib, extra_args=f'{ipcfg} ember_cmd="{cmd}"')
     cfg["network-interfaces"] = [{"iface_id": "eth0", "host_dev_name": tap_name,
                                   "guest_mac": mac}]
-    return start_ember(ctx, cfg, name=name, pre=netns_exec(ns))
+    return start_ember(ctx, cfg, name=name, pre=netns_exec(ns), extra_flags=extra_flags)
 
 
 def test_net_ping_both_ways(ctx, netns):
@@ -35,7 +37,7 @@ def test_net_ping_both_ways(ctx, netns):
                 f"{HEARTBEAT}ping -c 3 -W 5 {HOST_IP} && echo GUEST-PING-OK; "
                 "cat /sys/class/net/eth0/address; sleep 120",
                 name="ping")
-    vm.wait_for(READY, timeout=300)
+    vm.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     wait_or_stall(ctx, vm, "GUEST-PING-OK", timeout=90)
     wait_or_stall(ctx, vm, "06:00:ac:1e:00:02", timeout=90)
     # busybox: the host needs no iputils.
@@ -62,6 +64,14 @@ def test_net_missing_tap_and_bad_mac_are_refused(ctx, netns):
                                                      "guest_mac": mac}]})
         line = run_ember_expecting_error(ctx, cfg)
         expect(needle in line, line)
+
+
+# HEARTBEAT with the guest's view of its network on each beat: eth0's rx and tx packet
+# counts and the virtio interrupt counts, so a stalled stream shows whether frames stopped
+# arriving, interrupts stopped, or the guest stopped taking them.
+NET_HEARTBEAT = ("( (while sleep 5; do echo EMBER-BEAT $(cat /sys/class/net/eth0/statistics/rx_packets "
+                 "/sys/class/net/eth0/statistics/tx_packets) $(grep -i virtio /proc/interrupts); "
+                 "done) & ); ")
 
 
 # The host end of the TCP case, run inside the namespace: send N random bytes to the guest,
@@ -101,6 +111,17 @@ print("HOST-RECEIVED", h.hexdigest(), n - left, flush=True)
 '''
 
 
+def net_metrics(path) -> str:
+    """ember's net counters (each line: the changes over its 60 s) from the last two lines
+    of its metrics file, for a failure's report."""
+    try:
+        lines = path.read_text().strip().splitlines()[-2:]
+        return "--- ember's net metrics, last 60 s periods ---\n" + "\n".join(
+            json.dumps(json.loads(line).get("net")) for line in lines)
+    except (OSError, ValueError) as e:
+        return f"--- no ember metrics ({e}) ---"
+
+
 @pytest.mark.timeout(1200)
 def test_net_tcp_256mib_each_way_intact(ctx, netns):
     # The guest keeps each stream in tmpfs and hashes it apart from the transfer: what is
@@ -108,17 +129,20 @@ def test_net_tcp_256mib_each_way_intact(ctx, netns):
     n = 256 << 20
     # A heartbeat on the console tells a stalled network (a bug) from a guest that stopped
     # taking interrupts at all (the emulated host's fault: the serial port stops too).
-    guest_cmd = (f"{HEARTBEAT}nc -l -p 5001 > /tmp/rx.bin; echo RX-HASH $(sha256sum /tmp/rx.bin); "
+    guest_cmd = (f"{NET_HEARTBEAT}nc -l -p 5001 > /tmp/rx.bin; echo RX-HASH $(sha256sum /tmp/rx.bin); "
                  f"rm /tmp/rx.bin; head -c {n} /dev/urandom > /tmp/tx.bin; "
                  f"echo TX-HASH $(sha256sum /tmp/tx.bin); nc {HOST_IP} 5002 < /tmp/tx.bin")
     ns = netns
     tap(ns, "tap0", f"{HOST_IP}/24")
-    vm = net_vm(ctx, ns, "tap0", GUEST_IP, HOST_IP, guest_cmd, name="tcp", mem_mib=768)
+    # ember's own counters (a line each 60 s), for a stall's report.
+    metrics = ctx.work / "tcp.metrics"
+    vm = net_vm(ctx, ns, "tap0", GUEST_IP, HOST_IP, guest_cmd, name="tcp", mem_mib=768,
+                extra_flags=["--metrics-path", str(metrics)])
     peer = subprocess.run(["ip", "netns", "exec", ns, "python3", "-c", HOST_PEER, str(n),
                            GUEST_IP, HOST_IP], capture_output=True, text=True, timeout=1100)
     out = peer.stdout
     if peer.returncode != 0:
-        why = f"host peer failed: {peer.stderr.strip()}\n{vm.tail()}"
+        why = f"host peer failed: {peer.stderr.strip()}\n{vm.tail()}\n{net_metrics(metrics)}"
         silent = heartbeat_stopped(vm) if ctx.emulated else None
         if silent is not None:
             raise EmulatedHostFault(f"{why}\nthe guest's console heartbeat stopped too "
@@ -160,8 +184,8 @@ def test_net_two_guests_on_a_bridge(ctx, netns):
                name="guest-a", mac="06:00:ac:1e:00:12")
     b = net_vm(ctx, ns, "tapb", b_ip, HOST_IP, peer_cmd(a_ip, "B-REACHED-A"),
                name="guest-b", mac="06:00:ac:1e:00:13")
-    a.wait_for(READY, timeout=150)
-    b.wait_for(READY, timeout=150)
+    a.wait_for(READY, timeout=BOOT_TIMEOUT_S)
+    b.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     wait_or_stall(ctx, a, "A-REACHED-B", timeout=120)
     wait_or_stall(ctx, b, "B-REACHED-A", timeout=60)
     a.kill()

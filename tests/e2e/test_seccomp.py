@@ -13,7 +13,7 @@ import pytest
 from framework.common import expect
 from framework.disk import MIB, sparse_file
 from framework.net import GUEST_IP, HOST_IP, netns_exec, tap
-from framework.vm import READY, start_ember, vm_config
+from framework.vm import BOOT_TIMEOUT_S, READY, start_ember, vm_config
 
 pytestmark = pytest.mark.emulated_flaky
 
@@ -51,7 +51,7 @@ def running_guest(ctx, netns, name: str, extra_flags: list[str] | None = None):
 def test_seccomp_every_thread_is_filtered_and_no_seccomp_turns_it_off(ctx, netns):
     tap(netns, "tap0", f"{HOST_IP}/24")
     vm = running_guest(ctx, netns, "confined")
-    vm.wait_for(READY, timeout=300)
+    vm.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     vm.wait_for("DEVICES-USED", timeout=120)
     pid = vm.proc.pid
     # Under `ip netns exec` the VMM is the exec'd process itself.
@@ -67,7 +67,7 @@ def test_seccomp_every_thread_is_filtered_and_no_seccomp_turns_it_off(ctx, netns
     vm.kill()
 
     off = running_guest(ctx, netns, "unconfined", extra_flags=["--no-seccomp"])
-    off.wait_for(READY, timeout=300)
+    off.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     off.wait_for("DEVICES-USED", timeout=120)
     seen = threads(off.proc.pid)
     expect(all(v[0] == "0" for v in seen.values()), f"--no-seccomp left filters: {seen}")

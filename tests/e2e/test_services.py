@@ -21,7 +21,7 @@ from framework.api import call, expect_status, start_api_ember
 from framework.common import expect
 from framework.disk import image_with_file
 from framework.net import GUEST_IP, HOST_IP, netns_exec, sh, tap
-from framework.vm import VmProcess
+from framework.vm import BOOT_TIMEOUT_S, VmProcess
 from framework.vm import (HEARTBEAT, READY, drive, guest_cmdline, run_ember_expecting_error,
                           start_ember, vm_config, wait_or_stall)
 
@@ -38,7 +38,7 @@ def test_entropy_hwrng_is_virtio_and_gives_bytes(ctx):
         'head -c 32 /dev/hwrng | od -An -tx1 | tr -d \' \\n\'; echo"'))
     cfg["entropy"] = {}
     vm = start_ember(ctx, cfg, name="rng")
-    vm.wait_for(READY, timeout=300)
+    vm.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     m = vm.wait_for(r"^(virtio_rng\.\d+|none)$", timeout=60)
     expect(m.group(1).startswith("virtio_rng"), f"rng_current is {m.group(1)}")
     n = vm.wait_for(r"HWRNG-BYTES (\d+)", timeout=60).group(1)
@@ -79,7 +79,7 @@ def vsock_vm(ctx, name: str, cmd: str):
     cfg["drives"] = [drive("rootfs", ctx.rootfs_dir / "rootfs.ext4", root=True, ro=True)]
     cfg["vsock"] = {"guest_cid": CID, "uds_path": uds}
     vm = start_ember(ctx, cfg, name=name)
-    vm.wait_for(READY, timeout=300)
+    vm.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     return vm, uds
 
 
@@ -256,7 +256,7 @@ def test_balloon_inflate_returns_memory_stats_and_deflate_on_oom(ctx):
     expect(code == 200 and b == {"amount_mib": 0, "deflate_on_oom": True,
                                  "stats_polling_interval_s": 1}, f"GET /balloon: {code} {b}")
     expect_status(call(sock, "PUT", "/actions", {"action_type": "InstanceStart"}), 204)
-    vm.wait_for(READY, timeout=300)
+    vm.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     wait_or_stall(ctx, vm, "FILLED", timeout=300)
     # The guest's own numbers arrive at the polling interval.
     stats = wait_actual(sock, vm, lambda s: s.get("total_memory", 0) > 0, "statistics")
@@ -347,7 +347,7 @@ def mmds_vm(ctx, ns: str, name: str, version: str) -> tuple[VmProcess, str]:
     sock = str(ctx.work / f"{name}.sock")
     vm = VmProcess(name, [str(ctx.ember), "--api-sock", sock, "--config-file", str(path),
                           "--metadata", str(meta)], ctx.work, pre=netns_exec(ns))
-    vm.wait_for(READY, timeout=300)
+    vm.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     return vm, sock
 
 

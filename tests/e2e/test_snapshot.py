@@ -22,7 +22,7 @@ from framework.common import expect
 from framework.disk import MIB, sparse_file
 from framework.net import GUEST_IP, HOST_IP, netns_exec, sh, tap
 from framework.net import netns as new_netns
-from framework.vm import READY, VmProcess, vm_config
+from framework.vm import BOOT_TIMEOUT_S, READY, VmProcess, vm_config
 
 pytestmark = pytest.mark.emulated_flaky
 
@@ -82,7 +82,7 @@ def test_snapshot_restore_continues_and_bad_loads_fail(ctx):
     cfg["drives"] = [{"drive_id": "data", "path_on_host": str(disk), "is_root_device": False,
                       "is_read_only": False}]
     vm, sock = api_ember(ctx, cfg, "orig")
-    vm.wait_for(READY, timeout=300)
+    vm.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     vm.wait_for(r"COUNT 5\b", timeout=120)
     # Bad creates first: the guest is running, and paths must be given.
     expect_status(call(sock, "PUT", "/snapshot/create", {
@@ -227,7 +227,7 @@ def test_snapshot_clones_new_taps_and_diff(ctx, netns):
     cfg["network-interfaces"] = [{"iface_id": "eth0", "host_dev_name": "tap0",
                                   "guest_mac": "06:00:ac:1e:00:02"}]
     vm, sock = api_ember(ctx, cfg, "orig", pre=netns_exec(ns))
-    vm.wait_for(READY, timeout=300)
+    vm.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     vm.wait_for(r"PING-OK 3\b", timeout=120)
     base_snap, base_mem = ctx.work / "base.snap", ctx.work / "base.mem"
     pause_and_snapshot(sock, base_snap, base_mem)

@@ -9,7 +9,7 @@ import struct
 import subprocess
 
 from .common import Ctx, expect
-from .vm import HEARTBEAT, READY, start_ember, vm_config, wait_or_stall
+from .vm import BOOT_TIMEOUT_S, HEARTBEAT, READY, start_ember, vm_config, wait_or_stall
 
 MIB = 1 << 20
 
@@ -42,7 +42,7 @@ def run_cmd_vm(ctx: Ctx, cmd: str, drives: list[dict], name: str, vcpus: int = 1
                     extra_args=f'ember_cmd="{cmd}"')
     cfg["drives"] = drives
     vm = start_ember(ctx, cfg, name=name)
-    vm.wait_for(READY, timeout=300)
+    vm.wait_for(READY, timeout=BOOT_TIMEOUT_S)
     pattern = r"EMBER-CMD-EXIT status=(\d+)"
     m = (wait_or_stall(ctx, vm, pattern, timeout) if heartbeat
          else vm.wait_for(pattern, timeout=timeout))

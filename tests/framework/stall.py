@@ -16,8 +16,10 @@ from pathlib import Path
 WINDOW_S = 5.0
 
 
-def _threads(pid: int) -> dict[str, tuple[str, str, int, int, str]]:
-    """tid -> (name, state, cpu ticks, context switches, wchan) of each thread of `pid`."""
+def _threads(pid: int) -> dict[str, tuple[str, str, tuple[int, int, int], int, str]]:
+    """tid -> (name, state, (user, system, guest) cpu ticks, context switches, wchan) of
+    each thread of `pid`. A vCPU's time in the guest is counted in its user time and
+    again as guest time, so user - guest is the VMM's own code."""
     out = {}
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
@@ -31,10 +33,22 @@ def _threads(pid: int) -> dict[str, tuple[str, str, int, int, str]]:
             switches = sum(int(line.split()[1]) for line in status.splitlines()
                            if "ctxt_switches:" in line)
             wchan = (t / "wchan").read_text().strip() or "-"
+            # stat fields 14, 15 and 43 (utime, stime, guest_time), counted from `state`.
+            ticks = (int(fields[11]), int(fields[12]), int(fields[40]))
         except (OSError, ValueError, IndexError):
             continue
-        out[t.name] = (name, fields[0], int(fields[11]) + int(fields[12]), switches, wchan)
+        out[t.name] = (name, fields[0], ticks, switches, wchan)
     return out
+
+
+def _kernel_stack(pid: int, tid: str, frames: int = 6) -> str:
+    """The top of a thread's kernel stack (root only; empty where the kernel hides it)."""
+    try:
+        lines = Path(f"/proc/{pid}/task/{tid}/stack").read_text().split("\n")
+    except OSError:
+        return ""
+    names = [ln.split("] ", 1)[-1].split("+")[0] for ln in lines if ln.strip()]
+    return " < ".join(names[:frames])
 
 
 def probe(pid: int | None, window: float = WINDOW_S) -> tuple[bool, str]:
@@ -49,12 +63,20 @@ def probe(pid: int | None, window: float = WINDOW_S) -> tuple[bool, str]:
     if not after:
         return False, f"(VMM {pid} is gone)"
     lines, vcpus, frozen = [], 0, True
-    for tid, (name, state, cpu, sw, wchan) in sorted(after.items()):
+    for tid, (name, state, ticks, sw, wchan) in sorted(after.items()):
         b = before.get(tid)
-        dcpu = cpu - b[2] if b else None
-        dsw = sw - b[3] if b else None
+        dcpu = dsw = None
+        split = ""
+        if b:
+            du, ds, dg = (a - c for a, c in zip(ticks, b[2]))
+            dcpu, dsw = du + ds, sw - b[3]
+            if dcpu:
+                # Where a busy thread's time went: the guest, the VMM's code, the kernel.
+                split = f" (guest +{dg}, VMM user +{du - dg}, kernel +{ds})"
+        stack = _kernel_stack(pid, tid) if state == "R" else ""
         lines.append(f"  {name} (tid {tid}): state {state}, wchan {wchan}, "
-                     f"cpu ticks +{dcpu}, context switches +{dsw} over {window:.0f} s")
+                     f"cpu ticks +{dcpu}{split}, context switches +{dsw} over {window:.0f} s"
+                     + (f"; kernel stack {stack}" if stack else ""))
         if name.startswith("ember_vcpu"):
             vcpus += 1
             if not (b and state == "S" and dcpu == 0 and dsw == 0):

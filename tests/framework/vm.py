@@ -17,6 +17,10 @@ from . import stall
 from .common import CaseFailed, Ctx, EmulatedHostFault
 
 READY = "EMBER-GUEST-READY"
+# How long a test waits for READY. A test guest boots in 1-3 s in the emulated KVM host
+# (well under 1 s on hardware KVM) and a slow emulated host doubles that; a guest that has
+# not booted in 120 s never does, and a longer wait only delays the failure's report.
+BOOT_TIMEOUT_S = 120
 _LIVE: list["VmProcess"] = []
 
 
