@@ -3,12 +3,18 @@
 Under TCG's nested SVM the emulated host sometimes stops delivering a guest's interrupts
 (build.EMULATION_FAULTS). A guest's local APIC timer lives in the host kernel's KVM, not in
 ember: a vCPU thread that stays blocked in KVM_RUN, not woken once over a whole window,
-is a guest that receives no interrupt at all, not even its own timer. That is the
-signature looked for here; everything else (a vCPU spinning, a VMM thread stuck in a lock)
-stays an ordinary failure, and the thread states go into its message either way."""
+is a guest that receives no interrupt at all, not even its own timer. The other signature:
+a vCPU thread busy in the host kernel over the window with not one tick in the guest or
+in ember's own code (seen in boots, the console stopped early, the thread never switched
+out): KVM there loops without entering the guest, such as a nested page fault that never
+resolves; nothing ember does keeps a thread inside KVM_RUN like that (a loop of ember's
+around KVM_RUN shows user time). Everything else (a vCPU spinning in the guest, a VMM thread
+stuck in a lock) stays an ordinary failure, and the thread states go into its message
+either way."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -54,7 +60,8 @@ def _kernel_stack(pid: int, tid: str, frames: int = 6) -> str:
 def probe(pid: int | None, window: float = WINDOW_S) -> tuple[bool, str]:
     """Samples the VMM `pid`'s threads over `window` seconds. Returns (frozen, report):
     `frozen` when it has vCPU threads and every one stayed asleep, never scheduled, over
-    the whole window; `report` is one line per thread for the failure message."""
+    the whole window, or one stayed inside the host kernel (see above); `report` is one
+    line per thread for the failure message."""
     if pid is None:
         return False, "(no VMM process to look at)"
     before = _threads(pid)
@@ -62,11 +69,13 @@ def probe(pid: int | None, window: float = WINDOW_S) -> tuple[bool, str]:
     after = _threads(pid)
     if not after:
         return False, f"(VMM {pid} is gone)"
-    lines, vcpus, frozen = [], 0, True
+    lines, vcpus, frozen, livelocked = [], 0, True, []
+    window_ticks = window * os.sysconf("SC_CLK_TCK")
     for tid, (name, state, ticks, sw, wchan) in sorted(after.items()):
         b = before.get(tid)
         dcpu = dsw = None
         split = ""
+        du = ds = dg = 0
         if b:
             du, ds, dg = (a - c for a, c in zip(ticks, b[2]))
             dcpu, dsw = du + ds, sw - b[3]
@@ -81,8 +90,16 @@ def probe(pid: int | None, window: float = WINDOW_S) -> tuple[bool, str]:
             vcpus += 1
             if not (b and state == "S" and dcpu == 0 and dsw == 0):
                 frozen = False
+            # Half the window at least, for a host busy enough to preempt it.
+            if b and du == 0 and dg == 0 and ds >= 0.5 * window_ticks:
+                livelocked.append(name)
     frozen = frozen and vcpus > 0
-    head = (f"VMM {pid}: every vCPU thread blocked and never woken for {window:.0f} s "
-            "(the guest gets no interrupt, not even its timer)" if frozen
-            else f"VMM {pid}'s threads:")
-    return frozen, head + "\n" + "\n".join(lines)
+    if frozen:
+        head = (f"VMM {pid}: every vCPU thread blocked and never woken for {window:.0f} s "
+                "(the guest gets no interrupt, not even its timer)")
+    elif livelocked:
+        head = (f"VMM {pid}: {', '.join(livelocked)} stayed in the host kernel for "
+                f"{window:.0f} s without entering the guest (KVM loops there)")
+    else:
+        head = f"VMM {pid}'s threads:"
+    return frozen or bool(livelocked), head + "\n" + "\n".join(lines)
