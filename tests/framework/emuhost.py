@@ -4,7 +4,8 @@ arm64 Debian user space with the paths the job needs bound in), and runs the job
 `tests/e2e/run.py --inner ...` there; results come back through a shared work directory.
 
 If the emulated host itself stops responding (no test finishes within its timeout plus
-90 s, or its console pulse stops) or resets before its job ends, a new one runs the tests
+90 s, or its user space goes silent: its console pulse and the job's lines stop, whatever
+its kernel still prints) or resets before its job ends, a new one runs the tests
 not yet done; a test during which that happens twice fails.
 
 The job tells the watcher here what it is doing with lines on the emulated host's console:
@@ -25,6 +26,7 @@ from typing import Callable
 from .build import sh
 from .common import ARCH, ROOT, log
 
+KERNEL_LINE_RX = re.compile(r"^\s*\[\s*\d+\.\d+\]")
 START_RX = re.compile(r"^e2e: (START|RETRY) (\S+?):?(?: \(timeout (\d+) s\))?(?: |$)")
 
 
@@ -148,7 +150,11 @@ def _emulated_boot(emuhost: Path, inner: list[str], work: Path, boot: int, deadl
                 con.write(line)
                 con.flush()
                 s = line.rstrip("\r\n")
-                state["heard"] = time.monotonic()
+                # Only user space's lines (the pulse, the job's) say the host still runs:
+                # a kernel whose CPUs are all stuck still prints its own soft-lockup and
+                # RCU-stall reports ("[ 453.13] watchdog: ..."), for as long as it likes.
+                if not KERNEL_LINE_RX.match(s):
+                    state["heard"] = time.monotonic()
                 if s == "emuhost: alive":
                     continue
                 m = START_RX.match(s)
