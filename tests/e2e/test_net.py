@@ -11,7 +11,7 @@ import pytest
 
 from framework.common import EmulatedHostFault, expect
 from framework.net import GUEST_IP, HOST_IP, netns_exec, sh, tap
-from framework.vm import (BOOT_TIMEOUT_S, HEARTBEAT, READY, heartbeat_stopped,
+from framework.vm import (BOOT_TIMEOUT_S, HEARTBEAT, READY, heartbeat, heartbeat_stopped,
                           run_ember_expecting_error, start_ember, vm_config, wait_or_stall)
 
 pytestmark = pytest.mark.emulated_flaky
@@ -69,9 +69,9 @@ def test_net_missing_tap_and_bad_mac_are_refused(ctx, netns):
 # HEARTBEAT with the guest's view of its network on each beat: eth0's rx and tx packet
 # counts and the virtio interrupt counts, so a stalled stream shows whether frames stopped
 # arriving, interrupts stopped, or the guest stopped taking them.
-NET_HEARTBEAT = ("( (while sleep 5; do echo EMBER-BEAT $(cat /sys/class/net/eth0/statistics/rx_packets "
-                 "/sys/class/net/eth0/statistics/tx_packets) $(grep -i virtio /proc/interrupts); "
-                 "done) & ); ")
+NET_HEARTBEAT = heartbeat("$(cat /sys/class/net/eth0/statistics/rx_packets "
+                          "/sys/class/net/eth0/statistics/tx_packets) "
+                          "$(grep -i virtio /proc/interrupts)")
 
 
 # The host end of the TCP case, run inside the namespace: send N random bytes to the guest,

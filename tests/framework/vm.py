@@ -273,7 +273,15 @@ def run_ember_expecting_error(ctx: Ctx, config: dict | str, name: str = "ember",
 # host's fault: the serial port stops too). Prefix a command with it.
 # The loop is a grandchild (the subshell that starts it exits at once), so a `wait` in the
 # command does not wait for it.
-HEARTBEAT = "( (while sleep 5; do echo EMBER-BEAT; done) & ); "
+def heartbeat(extra: str = "") -> str:
+    """A guest command prefix printing `EMBER-BEAT` every 5 s in the background, followed
+    on the same line by what the shell command substitutions in `extra` give (a case's
+    own counters); `heartbeat_stopped` looks for the word."""
+    beat = f"echo EMBER-BEAT {extra}".rstrip()
+    return f"( (while sleep 5; do {beat}; done) & ); "
+
+
+HEARTBEAT = heartbeat()
 
 
 def heartbeat_stopped(vm: "VmProcess", silent_s: float = 60) -> float | None:
